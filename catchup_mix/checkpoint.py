@@ -1,0 +1,64 @@
+"""Atomic writes and checked reads: an interrupted run never leaves a half-written file behind."""
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used; nothing was overwritten."""
+
+
+def atomic_write(path: str | Path, write) -> None:
+    """Call write(file_object) on a temporary file beside `path`, then rename it over `path`.
+
+    The rename is atomic on POSIX and Windows, so readers see the old file or the new one, never a
+    partial one, even if the process dies mid-write.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            write(file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: str | Path, value: Any) -> None:
+    atomic_write(path, lambda file: file.write((json.dumps(value, indent=2) + "\n").encode()))
+
+
+def write_jsonl(path: str | Path, rows: list[dict]) -> None:
+    atomic_write(path, lambda file: file.write("".join(json.dumps(row) + "\n" for row in rows).encode()))
+
+
+def save_checkpoint(path: str | Path, state: dict) -> None:
+    atomic_write(path, lambda file: torch.save(state, file))
+
+
+def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
+    """Load a checkpoint written by `save_checkpoint`, with a clear error when it is unusable."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}")
+    try:
+        # weights_only: a checkpoint holds tensors, numbers, strings and containers, nothing to execute.
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:  # torch raises several types for truncated or foreign files
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt or not one of ours ({type(error).__name__}: {error}). "
+            "It was left untouched: delete it to start over, or point at another checkpoint (e.g. best.pt)."
+        ) from None
+    missing = {"model", "config", "epoch"} - set(state) if isinstance(state, dict) else {"model"}
+    if missing:
+        raise CheckpointError(f"checkpoint {path} lacks {sorted(missing)}: it was not written by catchup_mix")
+    return state

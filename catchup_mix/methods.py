@@ -1,0 +1,245 @@
+"""Every mixing method behind one call, in the spirit of timm's `data/mixup.py`.
+
+    method = methods.build("catchup_mix", num_hook_points=model.num_hook_points)
+    batch = method(images, labels, generator=generator)
+    logits = model(batch.inputs, feature_hook=batch.feature_hook)
+    loss = mixed_cross_entropy(logits, batch.targets_a, batch.targets_b, batch.lam)
+
+Each method is a small dataclass whose fields are its options. Every random draw (whether to mix,
+the partner permutation, lambda, the layer, the CutMix box) comes from `generator`, a CPU
+torch.Generator, so a seeded generator repeats a batch exactly on any device. Partners are a random
+permutation of the batch, as in the Mixup, CutMix, Manifold Mixup and PuzzleMix code; torchvision's
+v2 MixUp/CutMix and timm pair each sample with its neighbour in a flipped batch and cannot mix hidden
+layers, so the ops here are our own (`catchup_mix.ops`).
+"""
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+
+import numpy as np
+import torch
+
+from . import ops
+
+
+@dataclass
+class MixedBatch:
+    """What a method hands to the training step.
+
+    `lam` is the weight of `targets_a` in the loss. With Catch-up Mix's `label="channels"` the
+    feature hook sets it when it fires, so read it after the forward pass.
+    """
+
+    inputs: torch.Tensor
+    targets_a: torch.Tensor
+    targets_b: torch.Tensor
+    lam: float
+    layer: int | None = None  # the mixing point: 0 = input image, k >= 1 = the model's hook point k
+    feature_hook: Callable[[torch.Tensor, int], torch.Tensor] | None = None
+
+
+METHODS: dict[str, type] = {}
+
+
+def register(name: str):
+    """Class decorator that adds a method to the registry (and so to every table)."""
+
+    def add(cls):
+        cls.name = name
+        METHODS[name] = cls
+        return cls
+
+    return add
+
+
+def available() -> list[str]:
+    return list(METHODS)
+
+
+def build(name: str, **options):
+    """Build a registered method; unknown names or options raise ValueError listing the valid ones."""
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; available: {', '.join(available())}")
+    valid = [f.name for f in fields(METHODS[name])]
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise ValueError(f"unknown option(s) {unknown} for method {name!r}; valid options: {', '.join(valid)}")
+    return METHODS[name](**options)
+
+
+@dataclass(kw_only=True)
+class Method:
+    """Shared options. `num_hook_points` is the model's, so "all layers" can be resolved and checked."""
+
+    prob: float = 1.0  # probability that a batch is mixed at all
+    num_hook_points: int | None = None
+
+    def __post_init__(self):
+        if not 0.0 <= self.prob <= 1.0:
+            raise ValueError(f"{self.name}: prob must lie in [0, 1], got {self.prob}")
+        for option in ("alpha", "cutmix_alpha"):
+            if getattr(self, option, 1.0) <= 0:
+                raise ValueError(f"{self.name}: {option} must be > 0, got {getattr(self, option)}")
+
+    def __call__(self, inputs: torch.Tensor, targets: torch.Tensor, generator: torch.Generator | None = None):
+        if inputs.shape[0] != targets.shape[0]:
+            raise ValueError(f"{inputs.shape[0]} inputs but {targets.shape[0]} targets")
+        if self.prob < 1.0 and float(torch.rand((), generator=generator)) >= self.prob:
+            return MixedBatch(inputs, targets, targets, 1.0)
+        return self.mix(inputs, targets, generator)
+
+    def mix(self, inputs, targets, generator) -> MixedBatch:
+        raise NotImplementedError
+
+    def _resolve_layers(self, layers) -> tuple[int, ...]:
+        """Turn the `layers` option into a checked tuple; None means every mixing point of the model."""
+        if layers is None:
+            if self.num_hook_points is None:
+                raise ValueError(
+                    f"{self.name}: layers=None means every layer, which needs the model's hook count: "
+                    "pass num_hook_points=model.num_hook_points, or list the layers, e.g. layers=(0, 1, 2)"
+                )
+            return tuple(range(self.num_hook_points + 1))
+        layers = tuple(int(k) for k in layers)
+        top = self.num_hook_points if self.num_hook_points is not None else math.inf
+        if not layers or any(not 0 <= k <= top for k in layers):
+            raise ValueError(f"{self.name}: layers must be a non-empty set of ints in [0, {top}], got {layers}")
+        return layers
+
+
+def draw_partners(batch_size: int, generator: torch.Generator | None) -> torch.Tensor:
+    """The partner of sample i is perm[i]; kept on the CPU so checking it needs no device sync."""
+    return torch.randperm(batch_size, generator=generator)
+
+
+def draw_beta(alpha: float, generator: torch.Generator | None) -> float:
+    """One lambda ~ Beta(alpha, alpha), drawn through the torch generator so seeds cover it."""
+    seed = int(torch.randint(0, 2**62, (), generator=generator))
+    return float(np.random.default_rng(seed).beta(alpha, alpha))
+
+
+def draw_layer(layers: tuple[int, ...], generator: torch.Generator | None) -> int:
+    return layers[int(torch.randint(len(layers), (), generator=generator))]
+
+
+def mix_at_layer(inputs, targets, perm, lam, layer, mix) -> MixedBatch:
+    """Mix the images now (layer 0) or give the model a hook that mixes at its hook point `layer`.
+
+    `mix(tensor, batch)` returns the mixed tensor; it gets the batch so it may adjust `batch.lam`.
+    """
+    batch = MixedBatch(inputs, targets, targets[perm.to(targets.device)], lam, layer=layer)
+    if layer == 0:
+        batch.inputs = mix(inputs, batch)
+    else:
+        batch.feature_hook = lambda features, k: mix(features, batch) if k == layer else features
+    return batch
+
+
+def mixup_batch(inputs, targets, layer, alpha, generator) -> MixedBatch:
+    """Mixup at `layer` with lam ~ Beta(alpha, alpha): input Mixup for layer 0, Manifold Mixup above."""
+    perm = draw_partners(inputs.shape[0], generator)
+    lam = draw_beta(alpha, generator)
+    return mix_at_layer(inputs, targets, perm, lam, layer, lambda tensor, batch: ops.mixup(tensor, lam, perm))
+
+
+def cutmix_batch(inputs, targets, alpha, generator) -> MixedBatch:
+    """CutMix on the images; the label weight is the area actually kept."""
+    perm = draw_partners(inputs.shape[0], generator)
+    mixed, lam = ops.cutmix(inputs, draw_beta(alpha, generator), perm, generator)
+    return MixedBatch(mixed, targets, targets[perm.to(targets.device)], lam, layer=0)
+
+
+@register("vanilla")
+@dataclass(kw_only=True)
+class Vanilla(Method):
+    """No mixing: plain cross-entropy training."""
+
+    def mix(self, inputs, targets, generator):
+        return MixedBatch(inputs, targets, targets, 1.0)
+
+
+@register("mixup")
+@dataclass(kw_only=True)
+class Mixup(Method):
+    """Input Mixup (Zhang et al. 2018): lam ~ Beta(alpha, alpha), images and labels mixed with lam."""
+
+    alpha: float = 1.0
+
+    def mix(self, inputs, targets, generator):
+        return mixup_batch(inputs, targets, 0, self.alpha, generator)
+
+
+@register("cutmix")
+@dataclass(kw_only=True)
+class CutMix(Method):
+    """CutMix (Yun et al. 2019): a box from the partner, label weight from the box's actual area."""
+
+    alpha: float = 1.0
+
+    def mix(self, inputs, targets, generator):
+        return cutmix_batch(inputs, targets, self.alpha, generator)
+
+
+@register("manifold_mixup")
+@dataclass(kw_only=True)
+class ManifoldMixup(Method):
+    """Manifold Mixup (Verma et al. 2019): Mixup at a layer drawn per batch.
+
+    The default layers follow the authors' PreActResNet code, which mixes at the input, after the
+    first or after the second residual stage: hook points 0, 2 and 3 here (1 is the stem).
+    """
+
+    alpha: float = 2.0
+    layers: tuple[int, ...] = (0, 2, 3)
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.layers = self._resolve_layers(self.layers)
+
+    def mix(self, inputs, targets, generator):
+        return mixup_batch(inputs, targets, draw_layer(self.layers, generator), self.alpha, generator)
+
+
+@register("catchup_mix")
+@dataclass(kw_only=True)
+class CatchupMix(Method):
+    """Catch-up Mix (Kang et al., AAAI 2024), as reconstructed in method.md.
+
+    One layer k per batch from `layers` (None = the input and every hook point). k = 0: CutMix with
+    Beta(cutmix_alpha) on the images. k >= 1: lam ~ Beta(alpha, alpha) and the channel mix of
+    `ops.catchup_mix_features` at hook point k. `label="lambda"` weighs the labels by lam,
+    `"channels"` by the fraction floor(lam * C) / C of channels actually kept.
+    """
+
+    layers: tuple[int, ...] | None = None
+    alpha: float = 1.0
+    cutmix_alpha: float = 1.0
+    selection: str = "low"
+    rfi: str = "relative"
+    label: str = "lambda"
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.selection not in ops.SELECTIONS:
+            raise ValueError(f"catchup_mix: unknown selection {self.selection!r}; use one of {ops.SELECTIONS}")
+        if self.rfi not in ops.RFI_MODES:
+            raise ValueError(f"catchup_mix: unknown rfi {self.rfi!r}; use one of {ops.RFI_MODES}")
+        if self.label not in ("lambda", "channels"):
+            raise ValueError(f"catchup_mix: unknown label {self.label!r}; use 'lambda' or 'channels'")
+        self.layers = self._resolve_layers(self.layers)
+
+    def mix(self, inputs, targets, generator):
+        layer = draw_layer(self.layers, generator)
+        if layer == 0:
+            return cutmix_batch(inputs, targets, self.cutmix_alpha, generator)
+        perm = draw_partners(inputs.shape[0], generator)
+        lam = draw_beta(self.alpha, generator)
+
+        def mix_features(features: torch.Tensor, batch: MixedBatch) -> torch.Tensor:
+            if self.label == "channels":
+                channels = features.shape[1]
+                batch.lam = math.floor(lam * channels) / channels
+            return ops.catchup_mix_features(features, lam, perm, self.selection, self.rfi, generator)
+
+        return mix_at_layer(inputs, targets, perm, lam, layer, mix_features)

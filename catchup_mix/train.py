@@ -1,0 +1,346 @@
+"""One trainer for every registered method and model, on a CPU, one GPU, or many under torchrun.
+
+Reads top to bottom: set up the run, restore it if asked, then per epoch train, evaluate,
+checkpoint and log. Everything random comes from three seeded sources saved in each checkpoint
+(the data-order and augmentation generator, the mixing generator, torch's global generator for the
+initial weights), so `resume=True` continues an interrupted run exactly.
+"""
+
+import contextlib
+import math
+import os
+import statistics
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from . import data, methods, models, provenance
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint, write_json, write_jsonl
+from .config import Config, ConfigError, to_dict
+from .evaluate import evaluate
+from .ops import mixed_cross_entropy
+
+# Keys that may differ between an interrupted run and its resumption: where and how it runs,
+# never what it computes.
+RESUMABLE_DIFFERENCES = {"data_root", "download", "device", "compile", "output_dir", "log_every"}
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+def derive_seed(seed: int, stream: str, rank: int = 0) -> int:
+    """Independent seeds for independent random streams, all fixed by the one config seed."""
+    return int(np.random.SeedSequence([seed, rank, *stream.encode()]).generate_state(1)[0])
+
+
+def lr_factor(config: Config, epoch_progress: float) -> float:
+    """Learning-rate multiplier after `epoch_progress` epochs (fractional: it changes every step)."""
+    warmup = config.warmup_epochs
+    if epoch_progress < warmup:
+        return max(epoch_progress / warmup, 1e-3)
+    if config.schedule == "step":
+        return config.gamma ** sum(epoch_progress >= milestone for milestone in config.milestones)
+    fraction = min((epoch_progress - warmup) / max(config.epochs - warmup, 1e-9), 1.0)
+    if config.schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * fraction))
+    # onecycle: linear from 0.1 up to 1 over the first 25%, then linearly down to 0 (as airbench)
+    return 0.1 + 0.9 * fraction / 0.25 if fraction < 0.25 else (1 - fraction) / 0.75
+
+
+def train_step(model, method, images, labels, optimizer, generator, autocast, label_smoothing=0.0):
+    """One SGD step of any method; returns the (detached) loss and the mixing layer drawn."""
+    batch = method(images, labels, generator=generator)
+    with autocast():
+        logits = model(batch.inputs, feature_hook=batch.feature_hook)
+    # batch.lam is read after the forward: Catch-up Mix's label="channels" sets it in the hook.
+    loss = mixed_cross_entropy(logits.float(), batch.targets_a, batch.targets_b, batch.lam, label_smoothing)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach(), batch.layer
+
+
+def pick_device(config: Config, local_rank: int) -> torch.device:
+    if config.device == "cpu" or (config.device == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise RuntimeError("device=cuda was asked for, but torch sees no CUDA GPU; use device=cpu or auto")
+    return torch.device("cuda", local_rank)
+
+
+def setup_distributed(config: Config) -> tuple[int, int, torch.device]:
+    """(rank, world_size, device); under torchrun, joins the process group."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    device = pick_device(config, local_rank)
+    if world_size > 1 and not dist.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return rank, world_size, device
+
+
+def set_determinism(config: Config, device: torch.device) -> None:
+    torch.backends.cudnn.benchmark = device.type == "cuda" and not config.deterministic
+    if config.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=False)
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+
+def check_resumable(saved: dict, config: Config, path: Path, world_size: int) -> None:
+    current = to_dict(config)
+    different = sorted(
+        key for key in set(saved["config"]) | set(current)
+        if key not in RESUMABLE_DIFFERENCES and saved["config"].get(key) != current.get(key)
+    )
+    if different:
+        details = "; ".join(f"{k}: checkpoint {saved['config'].get(k)!r} vs now {current.get(k)!r}" for k in different)
+        raise CheckpointError(
+            f"{path} belongs to a different run ({details}). Nothing was overwritten: resume with the "
+            "same config, or choose another output_dir."
+        )
+    if len(saved["mixing_generators"]) != world_size:
+        raise CheckpointError(
+            f"{path} was written by {len(saved['mixing_generators'])} process(es), now {world_size}: "
+            "resume with the same number of GPUs to continue exactly."
+        )
+
+
+def train(config: Config, resume: bool = False) -> dict:
+    """Train and evaluate as `config` says; return the summary (also written to summary.json)."""
+    rank, world_size, device = setup_distributed(config)
+    is_main = rank == 0
+    run_dir = Path(config.output_dir)
+    last_path, best_path = run_dir / "checkpoints" / "last.pt", run_dir / "checkpoints" / "best.pt"
+    if last_path.exists() and not resume:
+        raise FileExistsError(
+            f"{run_dir} already holds a run. Pass --resume to continue it, or set output_dir to a new folder."
+        )
+    set_determinism(config, device)
+
+    # Data: whole splits in memory (on the GPU when there is one); augmentation on batches.
+    dataset = data.load(
+        config.dataset, config.data_root, download=config.download, num_classes=config.num_classes,
+        train_per_class=config.train_per_class, test_per_class=config.test_per_class, seed=config.seed,
+    )
+    data_generator = torch.Generator().manual_seed(derive_seed(config.seed, "data"))
+    mixing_generator = torch.Generator().manual_seed(derive_seed(config.seed, "mixing", rank))
+    loader_options = dict(
+        mean=dataset.mean, std=dataset.std, crop_size=dataset.crop_size, device=device, rank=rank,
+        world_size=world_size, channels_last=config.channels_last and device.type == "cuda",
+    )
+    train_loader = data.BatchLoader(
+        dataset.train, config.batch_size, train=True, padding=dataset.train_padding, generator=data_generator,
+        **loader_options,
+    )
+    # big test batches are faster; a multiple of batch_size splits evenly over the GPUs
+    test_batch = config.batch_size * math.ceil(500 / config.batch_size)
+    test_loader = data.BatchLoader(dataset.test, test_batch, train=False, **loader_options)
+    if len(train_loader) == 0:
+        raise ConfigError(f"batch_size {config.batch_size} is larger than the {len(dataset.train.labels)} training "
+                          "images: lower batch_size or use more images (train_per_class)")
+
+    # Model, method, optimiser. The initial weights come from torch's global generator.
+    torch.manual_seed(derive_seed(config.seed, "init"))
+    model = models.build(config.model, dataset.num_classes, image_size=dataset.crop_size, width=config.width,
+                         pretrained=config.pretrained).to(device)
+    if config.channels_last and device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    method = methods.build(config.method, num_hook_points=model.num_hook_points, **config.method_options)
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                                nesterov=config.nesterov, weight_decay=config.weight_decay)
+    steps_per_epoch = len(train_loader)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(config, step / steps_per_epoch))
+
+    start_epoch, history = 1, []
+    if resume and last_path.exists():
+        saved = load_checkpoint(last_path)
+        check_resumable(saved, config, last_path, world_size)
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        data_generator.set_state(saved["data_generator"])
+        mixing_generator.set_state(saved["mixing_generators"][rank])
+        torch.set_rng_state(saved["torch_rng"])
+        start_epoch, history = saved["epoch"] + 1, saved["history"]
+        if is_main:
+            print(f"resuming {run_dir} after epoch {saved['epoch']}", flush=True)
+
+    trained_model = model
+    if world_size > 1:
+        trained_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    if config.compile:
+        trained_model = torch.compile(trained_model)
+    use_amp = config.amp and device.type == "cuda"
+
+    def autocast():
+        return torch.autocast("cuda", dtype=torch.bfloat16) if use_amp else contextlib.nullcontext()
+
+    info = provenance.collect(device, world_size)
+    if is_main:
+        write_json(run_dir / "config.json", to_dict(config))
+        write_json(run_dir / "provenance.json", info)
+        print(f"training {config.method} on {config.model} / {config.dataset}: {len(dataset.train.labels)} train, "
+              f"{len(dataset.test.labels)} test images, {steps_per_epoch} steps per epoch, "
+              f"{provenance.describe(info)}", flush=True)
+    writer = _tensorboard(run_dir, start_epoch) if is_main else None
+
+    best_top1 = max((row["test_top1"] for row in history), default=-1.0)
+    for epoch in range(start_epoch, config.epochs + 1):
+        row = train_epoch(trained_model, method, train_loader, optimizer, scheduler, mixing_generator,
+                          autocast, config, epoch, device, show=is_main)
+        test = evaluate(model, test_loader, device, autocast)
+        row.update({f"test_{key}": value for key, value in test.items() if key != "n"})
+        history.append(row)
+
+        generator_states = [mixing_generator.get_state()]
+        if world_size > 1:
+            generator_states = [None] * world_size
+            dist.all_gather_object(generator_states, mixing_generator.get_state())
+        if is_main:
+            state = {
+                "epoch": epoch, "config": to_dict(config), "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "data_generator": data_generator.get_state(), "mixing_generators": generator_states,
+                "torch_rng": torch.get_rng_state(), "history": history, "provenance": info,
+            }
+            save_checkpoint(last_path, state)
+            if row["test_top1"] > best_top1:
+                best_top1 = row["test_top1"]
+                save_checkpoint(best_path, state)
+            # metrics.jsonl is rewritten from the checkpointed history, so it always matches it
+            write_jsonl(run_dir / "metrics.jsonl", history)
+            _log_epoch(row, writer)
+        if world_size > 1:
+            dist.barrier()
+
+    summary = summarize(history, config, info)
+    if is_main:
+        write_json(run_dir / "summary.json", summary)
+        print(f"done: top-1 last {summary['last_top1']:.2f}, best {summary['best_top1']:.2f} "
+              f"(epoch {summary['best_epoch']}), median of last 10 {summary['median10_top1']:.2f}; "
+              f"{config.method}, {config.model}, {config.dataset}, seed {config.seed}, "
+              f"{provenance.describe(info)}. Run folder: {run_dir}", flush=True)
+        if writer is not None:
+            writer.close()
+    return summary
+
+
+def train_epoch(model, method, loader, optimizer, scheduler, generator, autocast, config, epoch, device, show):
+    model.train()
+    loss_sum = torch.zeros((), device=device)
+    # Index of the first step whose loss was not finite, checked only every log_every steps, so
+    # the GPU is not made to wait for the CPU at each step.
+    first_bad_step = torch.full((), -1, device=device)
+    layer_counts = Counter()
+    progress = _progress(len(loader), epoch, config.epochs, show)
+    started = time.perf_counter()
+    images_seen = 0
+    for step, (images, labels) in enumerate(loader, start=1):
+        loss, layer = train_step(model, method, images, labels, optimizer, generator, autocast,
+                                 config.label_smoothing)
+        scheduler.step()
+        loss_sum += loss
+        first_bad_step = torch.where((first_bad_step < 0) & ~torch.isfinite(loss), step, first_bad_step)
+        layer_counts["none" if layer is None else str(layer)] += 1
+        images_seen += len(labels)
+        if step % config.log_every == 0 or step == len(loader):
+            _raise_if_not_finite(first_bad_step, epoch)
+            progress(step, loss_sum.item() / step, images_seen / (time.perf_counter() - started))
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elapsed = time.perf_counter() - started
+    row = {
+        "epoch": epoch,
+        "train_loss": loss_sum.item() / len(loader),
+        "lr": optimizer.param_groups[0]["lr"],
+        "images_per_s": images_seen * _world_size() / elapsed,
+        "epoch_time_s": elapsed,
+    }
+    if method.name != "vanilla":
+        row["layer_counts"] = dict(sorted(layer_counts.items()))
+    return row
+
+
+def summarize(history: list[dict], config: Config, info: dict) -> dict:
+    top1 = [row["test_top1"] for row in history]
+    best = max(range(len(top1)), key=top1.__getitem__)
+    return {
+        "last_top1": top1[-1],
+        "best_top1": top1[best],
+        "best_epoch": history[best]["epoch"],
+        "median10_top1": statistics.median(top1[-10:]),
+        "last_top5": history[-1]["test_top5"],
+        "last_nll": history[-1]["test_nll"],
+        "last_ece": history[-1]["test_ece"],
+        "epochs": len(history),
+        "train_time_s": sum(row["epoch_time_s"] for row in history),
+        "config": to_dict(config),
+        "provenance": info,
+    }
+
+
+def _raise_if_not_finite(first_bad_step: torch.Tensor, epoch: int) -> None:
+    bad = int(first_bad_step)
+    if bad >= 0:
+        raise NonFiniteLossError(
+            f"loss became NaN or inf at epoch {epoch}, step {bad}. Stopped without saving; the last good "
+            "checkpoint is untouched. Lower lr, check the data, or disable amp."
+        )
+
+
+def _world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def _progress(total: int, epoch: int, epochs: int, show: bool):
+    """A tqdm bar on a terminal; plain lines otherwise (logs, CI). Returns update(step, loss, ips)."""
+    if not show:
+        return lambda *args: None
+    if sys.stderr.isatty():
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, desc=f"epoch {epoch}/{epochs}", unit="step", leave=False)
+
+        def update(step, loss, images_per_s):
+            bar.update(step - bar.n)
+            bar.set_postfix(loss=f"{loss:.3f}", img_s=f"{images_per_s:.0f}")
+            if step == total:
+                bar.close()
+
+        return update
+
+    def print_line(step, loss, images_per_s):
+        print(f"epoch {epoch}/{epochs} step {step}/{total} loss {loss:.4f} {images_per_s:.0f} img/s", flush=True)
+
+    return print_line
+
+
+def _tensorboard(run_dir: Path, start_epoch: int):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        print("tensorboard is not installed: no TensorBoard logs (pip install tensorboard)", flush=True)
+        return None
+    # purge_step drops points a crashed run logged after its last checkpoint
+    return SummaryWriter(str(run_dir / "tensorboard"), purge_step=start_epoch)
+
+
+def _log_epoch(row: dict, writer) -> None:
+    print(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()), flush=True)
+    if writer is None:
+        return
+    for key, value in row.items():
+        if isinstance(value, int | float) and key != "epoch":
+            writer.add_scalar(key, value, row["epoch"])
+    for layer, count in row.get("layer_counts", {}).items():
+        writer.add_scalar(f"layer_counts/{layer}", count, row["epoch"])
+    writer.flush()
