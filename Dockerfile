@@ -1,0 +1,47 @@
+# catchup-mix in a container. Build from the repository root and run `python -m reproduce` in it:
+#   docker build -t catchup-mix .
+#   docker run --rm catchup-mix                                     # = python -m reproduce list
+#   docker run --rm --gpus all --shm-size 8g -v /path/to/datasets:/data:ro -v "$PWD/out":/work/out \
+#       catchup-mix table1 --scale paper --data-root /data
+#   docker run --rm -v "$PWD":/work/out catchup-mix all --tables-only    # tables from the repo's results/
+# Runs, results, tables and figures go to /work/out (the working directory, reproduce's default --out),
+# so mount a host folder there to keep them; datasets are read from /data. It runs as the unprivileged
+# user `catchup` (uid 10001); add `--user "$(id -u):$(id -g)"` to write into a host folder as yourself.
+#
+# Base image: the official PyTorch CUDA runtime image with the SAME torch as requirements-lock.txt
+# (2.14.1, which PyPI builds for CUDA 13.0); tests/test_environment_pins.py checks the tag against the
+# lock. The tag could not be checked from where this file was written (no registry access). If it does
+# not exist, take the tag of hub.docker.com/r/pytorch/pytorch/tags with the same torch and another CUDA
+# (e.g. 2.14.1-cuda12.8-cudnn9-runtime); if no image has torch 2.14.1, regenerate the lock for a torch
+# that has one, rather than letting pip replace the image's torch.
+FROM pytorch/pytorch:2.14.1-cuda13.0-cudnn9-runtime
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+WORKDIR /opt/catchup-mix
+COPY requirements-lock.txt ./
+# Constraints = the lock without the CUDA wheels (cuda-*, nvidia-*, triton): the image's torch and
+# torchvision already satisfy the pins below (a local label, 2.14.1+cu130, still matches 2.14.1), so pip
+# keeps them and the CUDA libraries they came with; every other package gets the lock's version.
+# PIP_CONSTRAINT as well as -c: only the former reaches pip's isolated build env (setuptools).
+RUN grep -vE '^(cuda-|nvidia-|triton==)' requirements-lock.txt > constraints.txt
+COPY pyproject.toml README.md ./
+COPY catchup_mix ./catchup_mix
+COPY reproduce ./reproduce
+RUN PIP_CONSTRAINT=/opt/catchup-mix/constraints.txt pip install --no-cache-dir -c constraints.txt \
+        'torch==2.14.1' 'torchvision==0.29.1' '.[logging,figures]' \
+ && python -m reproduce list --names
+
+RUN useradd --create-home --uid 10001 catchup \
+ && mkdir -p /data /work/out \
+ && chown catchup /work/out
+USER catchup
+# matplotlib's cache must be writable whichever --user runs the container
+ENV MPLCONFIGDIR=/tmp/matplotlib
+WORKDIR /work/out
+VOLUME ["/data", "/work/out"]
+
+ENTRYPOINT ["python", "-m", "reproduce"]
+CMD ["list"]

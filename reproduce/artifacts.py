@@ -1,0 +1,253 @@
+"""Every table and figure of the paper, as a plan of runs and a way to report them.
+
+An artifact says which training runs it needs at each scale (`plan`), optionally measures something
+from them (`measure`: timings, feature maps), and writes its tables and figures (`render`). Tables
+take their rows from the method registry, so a newly registered method joins every table.
+
+Scales: `paper` uses the presets of method.md; `smoke` shrinks widths, data and epochs so an
+artifact finishes in minutes on 2 CPU cores, on the built-in synthetic data or, with --data-root,
+on a subset of real data of the same size (5 classes, 100 training and 40 test images each).
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from catchup_mix import methods
+from catchup_mix.config import PRESETS
+
+from . import report
+from .runner import Run
+
+
+@dataclass
+class Settings:
+    scale: str  # "smoke" or "paper"
+    seeds: list[int]
+    out: Path  # where runs/, results/, tables/ and figures/ go
+    data_root: str | None = None
+    download: bool = False
+
+
+@dataclass
+class Artifact:
+    name: str
+    reproduces: str
+    plan: Callable[[Settings], list[Run]]
+    render: Callable[[Settings, list, dict | None], list[Path]]  # (settings, [(run, result)], measurement)
+    measure: Callable[[Settings, list], dict] | None = None  # extra measurement after the runs
+    paper_gpu_hours: Callable[[Settings], float] | None = None  # for artifacts that are not training runs
+
+
+# ---------------------------------------------------------------------------------------------------
+# Scales
+
+TABLE1_MODELS = ("preactresnet18", "wrn16_8", "resnext29_4_24")
+FGVC_DATASETS = ("cub200", "stanford_cars", "fgvc_aircraft")
+FGVC_MODELS = ("torchvision_resnet18", "torchvision_resnet50")
+
+# Narrow networks for the CPU; every model keeps its architecture, only the channel counts shrink.
+SMOKE_WIDTH = {"preactresnet18": 8, "wrn16_8": 2, "resnext29_4_24": 8}
+# Calibrated on 2 CPU cores: a width-8 PreActResNet-18 reaches about 55% (chance 20%) in about 10 s;
+# WRN16-8 at width 2 takes about 15 s, ResNeXt29 at width 8 about 27 s (grouped convs are slow on CPUs).
+SMOKE_TRAINING = dict(epochs=12, batch_size=25, lr=0.05, schedule="onecycle", weight_decay=5e-4, log_every=10**6)
+SMOKE_SUBSET = dict(num_classes=5, train_per_class=100, test_per_class=40)
+
+
+def smoke_data(settings: Settings, real_dataset: str = "imagefolder") -> dict:
+    """Synthetic by default; with --data-root, the same-sized subset of the real dataset there."""
+    if settings.data_root is None:
+        return dict(dataset="synthetic", **SMOKE_SUBSET)
+    return dict(dataset=real_dataset, data_root=settings.data_root, **SMOKE_SUBSET)
+
+
+def base_config(settings: Settings, preset: str, real_smoke_dataset: str = "imagefolder") -> dict:
+    """The paper's preset, or the smoke settings; data_root and download from the command line."""
+    if settings.scale == "smoke":
+        return {**SMOKE_TRAINING, **smoke_data(settings, real_smoke_dataset)}
+    config = {k: v for k, v in PRESETS[preset].items()}
+    config["data_root"] = settings.data_root or "data"
+    config["download"] = settings.download
+    return config
+
+
+def with_model(config: dict, model: str, scale: str) -> dict:
+    width = SMOKE_WIDTH.get(model) if scale == "smoke" else None
+    return {**config, "model": model, "width": width}
+
+
+def grid(artifact, settings, base, sections: dict[str, dict]) -> list[Run]:
+    """One run per (section, registered method, seed); sections map a label to config changes."""
+    runs = []
+    for section, changes in sections.items():
+        for method in methods.available():
+            config = {**base, **changes, "method": method, "method_options": {}}
+            for seed in settings.seeds:
+                runs.append(Run(artifact, settings.scale, {"section": section, "method": method}, config, seed))
+    return runs
+
+
+# ---------------------------------------------------------------------------------------------------
+# Table 1: CIFAR-100, three networks
+
+
+def plan_table1(settings: Settings) -> list[Run]:
+    base = base_config(settings, "cifar100_300ep")
+    sections = {model: with_model({}, model, settings.scale) for model in TABLE1_MODELS}
+    return grid("table1", settings, base, sections)
+
+
+def render_table1(settings, results, measurement):
+    return report.method_table(settings, "table1", "CIFAR-100 top-1 accuracy (%) by network and method",
+                               results, section_title=report.MODEL_TITLES.get)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Table 2: Tiny-ImageNet, PreActResNet-18
+
+
+def plan_table2(settings: Settings) -> list[Run]:
+    base = base_config(settings, "tiny_imagenet_1200ep", real_smoke_dataset="tiny_imagenet")
+    sections = {"preactresnet18": with_model({}, "preactresnet18", settings.scale)}
+    return grid("table2", settings, base, sections)
+
+
+def render_table2(settings, results, measurement):
+    return report.method_table(settings, "table2", "Tiny-ImageNet top-1 accuracy (%), PreActResNet-18",
+                               results, section_title=report.MODEL_TITLES.get)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Fine-grained: torchvision ResNets through the hook adapter, on user data
+
+
+def plan_table_fgvc(settings: Settings) -> list[Run]:
+    if settings.scale == "smoke":
+        # The adapter path end to end: an untrained torchvision ResNet-18 on small images.
+        base = {**SMOKE_TRAINING, **smoke_data(settings), "model": "torchvision_resnet18", "width": None}
+        return grid("table_fgvc", settings, base, {"synthetic/torchvision_resnet18": {}})
+    base = base_config(settings, "fgvc_300ep")
+    sections = {f"{dataset}/{model}": {"dataset": dataset, "model": model}
+                for dataset in FGVC_DATASETS for model in FGVC_MODELS}
+    return grid("table_fgvc", settings, base, sections)
+
+
+def render_table_fgvc(settings, results, measurement):
+    return report.method_table(settings, "table_fgvc", "Fine-grained top-1 accuracy (%), ImageNet-pretrained "
+                               "torchvision ResNets through the hook adapter", results,
+                               section_title=report.fgvc_title)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Ablation of Catch-up Mix's options (method.md) on PreActResNet-18
+
+def ablation_variants(num_hook_points: int = 5) -> dict[str, dict]:
+    """Variant name -> catchup_mix options. The first is the default method."""
+    variants = {
+        "default (all layers, low, relative, alpha 1, label lambda)": {},
+        "layers: input only (CutMix)": {"layers": [0]},
+        "layers: features only": {"layers": list(range(1, num_hook_points + 1))},
+    }
+    variants |= {f"layers: only {k}": {"layers": [k]} for k in range(1, num_hook_points + 1)}
+    variants |= {
+        "selection: high (opposite)": {"selection": "high"},
+        "selection: random (channel CutMix)": {"selection": "random"},
+        "rfi: absolute": {"rfi": "absolute"},
+        "alpha 0.5": {"alpha": 0.5},
+        "alpha 2": {"alpha": 2.0},
+        "label: channels": {"label": "channels"},
+    }
+    return variants
+
+
+def plan_ablation(settings: Settings) -> list[Run]:
+    base = with_model(base_config(settings, "cifar100_300ep"), "preactresnet18", settings.scale)
+    runs = []
+    for variant, options in {"vanilla (reference)": None, **ablation_variants()}.items():
+        config = {**base, "method": "vanilla" if options is None else "catchup_mix", "method_options": options or {}}
+        runs += [Run("ablation", settings.scale, {"variant": variant}, config, seed) for seed in settings.seeds]
+    return runs
+
+
+def render_ablation(settings, results, measurement):
+    return report.variant_table(settings, "ablation", "Catch-up Mix ablation: CIFAR-100 top-1 accuracy (%), "
+                                "PreActResNet-18", results)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Overhead: time per epoch relative to vanilla (no training runs; a timing measurement)
+
+
+def overhead_setup(settings: Settings) -> dict:
+    if settings.scale == "smoke":
+        return dict(model_name="preactresnet18", width=16, batch_size=50, rounds=10, steps_per_epoch=20)
+    # CIFAR-100 protocol: batch 100, 500 steps per epoch, on the GPU, in bf16 and channels_last
+    return dict(model_name="preactresnet18", width=None, batch_size=100, rounds=50, steps_per_epoch=500)
+
+
+def measure_overhead(settings: Settings, results) -> dict:
+    import torch
+
+    from catchup_mix import benchmark, provenance
+
+    setup = overhead_setup(settings)
+    steps_per_epoch = setup.pop("steps_per_epoch")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    times = benchmark.time_steps(**setup, device=device)
+    rows = benchmark.summarize(times)
+    for row in rows:
+        row["epoch_s"] = row["median_s"] * steps_per_epoch
+    info = {**provenance.git_state(), "device": provenance.device_name(torch.device(device))}
+    return {"setup": {**setup, "steps_per_epoch": steps_per_epoch, "device": device}, "rows": rows,
+            "provenance": info}
+
+
+def render_overhead(settings, results, measurement):
+    return report.overhead_table(settings, "overhead", measurement)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Figure: the feature maps of one real pair before and after Catch-up Mix, at each layer
+
+
+def plan_figure_mixing(settings: Settings) -> list[Run]:
+    # The same run as table 1's Catch-up Mix PreActResNet-18 (same config, so trained once for both).
+    base = with_model(base_config(settings, "cifar100_300ep"), "preactresnet18", settings.scale)
+    config = {**base, "method": "catchup_mix", "method_options": {}}
+    return [Run("figure_mixing", settings.scale, {"model": "preactresnet18", "method": "catchup_mix"}, config,
+                settings.seeds[0])]
+
+
+def measure_figure_mixing(settings: Settings, results) -> dict:
+    from . import mixing_figure
+
+    (run, _), = results
+    return mixing_figure.measure(run.run_dir(settings.out), run.config)
+
+
+def render_figure_mixing(settings, results, measurement):
+    from . import mixing_figure
+
+    return mixing_figure.render(settings, measurement)
+
+
+ARTIFACTS = {
+    artifact.name: artifact
+    for artifact in [
+        Artifact("table1", "CIFAR-100 top-1 of PreActResNet-18, WRN16-8 and ResNeXt29-4-24 for every method "
+                 "(Co-Mixup protocol, 300 epochs)", plan_table1, render_table1),
+        Artifact("table2", "Tiny-ImageNet top-1 of PreActResNet-18 for every method (PuzzleMix protocol, "
+                 "1200 epochs)", plan_table2, render_table2),
+        Artifact("table_fgvc", "fine-grained top-1 (CUB-200-2011, Stanford Cars, FGVC-Aircraft) of pretrained "
+                 "torchvision ResNet-18/50 through the hook adapter, on user-supplied data", plan_table_fgvc,
+                 render_table_fgvc),
+        Artifact("ablation", "Catch-up Mix options: layer set, selection, RFI, alpha, label weight "
+                 "(CIFAR-100, PreActResNet-18, 300 epochs)", plan_ablation, render_ablation),
+        Artifact("overhead", "time per epoch of each method relative to vanilla (PreActResNet-18, batch 100)",
+                 lambda settings: [], render_overhead, measure=measure_overhead,
+                 paper_gpu_hours=lambda settings: 0.1),
+        Artifact("figure_mixing", "Figure 2 in data: one real pair's feature maps before and after Catch-up "
+                 "Mix at each layer, with channel norms and the mask", plan_figure_mixing, render_figure_mixing,
+                 measure=measure_figure_mixing),
+    ]
+}

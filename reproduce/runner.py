@@ -1,0 +1,116 @@
+"""Run each training run of an artifact once: cached by a hash of its config, resumable, and safe to
+run from several processes side by side (one per GPU), each taking the runs no other process holds.
+
+Layout under the output folder (the repository by default):
+    runs/<scale>/<key>/              the trainer's run folder (checkpoints, logs); never committed
+    results/<artifact>/<scale>/<name>-<key>.json   what the tables are made from, with provenance
+The key hashes everything that changes the numbers (not where data lies or which device runs it), so
+an artifact that asks for a run another artifact already made finds it done.
+"""
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+
+from catchup_mix.checkpoint import write_json
+from catchup_mix.config import make_config, to_dict
+
+# Config keys that say where or how a run executes, not what it computes: left out of the key.
+NOT_IN_KEY = ("output_dir", "data_root", "download", "device", "compile", "log_every")
+
+
+@dataclass(frozen=True)
+class Run:
+    artifact: str
+    scale: str  # "smoke" or "paper"
+    labels: dict  # what the run stands for in the artifact, e.g. {"model": ..., "method": ...}
+    config: dict  # config values (see catchup_mix.config.Config), without seed and output_dir
+    seed: int
+
+    @property
+    def key(self) -> str:
+        """Hash of the fully resolved config (defaults included), so a changed default is a new run."""
+        resolved = to_dict(make_config({**self.config, "seed": self.seed}))
+        identity = {k: v for k, v in resolved.items() if k not in NOT_IN_KEY}
+        return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
+
+    @property
+    def name(self) -> str:
+        return "-".join(str(v) for v in self.labels.values()) + f"-seed{self.seed}"
+
+    def command(self, out: Path) -> str:
+        """The equivalent plain training command, for --dry-run and for the record."""
+        values = {**self.config, "seed": self.seed, "output_dir": str(self.run_dir(out))}
+        pairs = " ".join(f"{k}={_shell_value(v)}" for k, v in values.items())
+        return f"python -m catchup_mix train --resume --set {pairs}"
+
+    def run_dir(self, out: Path) -> Path:
+        return out / "runs" / self.scale / self.key
+
+    def result_path(self, out: Path) -> Path:
+        return out / "results" / self.artifact / self.scale / f"{self.name}-{self.key}.json"
+
+
+def execute(run: Run, out: Path) -> dict | None:
+    """The run's result, training it first if needed; None if another process is training it now."""
+    from catchup_mix.train import train
+
+    result_path = run.result_path(out)
+    if result_path.exists():
+        return json.loads(result_path.read_text())
+    run_dir = run.run_dir(out)
+    with _exclusive(run_dir) as mine:
+        if not mine:
+            print(f"[{run.artifact}] {run.name}: being trained by another process, skipped here", flush=True)
+            return None
+        summary_path = run_dir / "summary.json"
+        if summary_path.exists():
+            summary = json.loads(summary_path.read_text())
+        else:
+            print(f"[{run.artifact}] {run.name}: training ({run_dir})", flush=True)
+            config = make_config({**run.config, "seed": run.seed, "output_dir": str(run_dir)})
+            summary = train(config, resume=True)
+        history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        result = {"artifact": run.artifact, "scale": run.scale, "labels": run.labels, "seed": run.seed,
+                  "key": run.key, "summary": summary, "history": history}
+        write_json(result_path, result)
+        return result
+
+
+def stored_result(run: Run, out: Path) -> dict | None:
+    """The run's result if it has been made, without training anything."""
+    path = run.result_path(out)
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+@contextlib.contextmanager
+def _exclusive(folder: Path):
+    """Yield True while this process holds the folder's lock, False if another process holds it.
+
+    flock is released by the kernel when a process dies, so a crashed run never leaves a stale lock.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _shell_value(value) -> str:
+    """How --set reads it back: JSON where it parses, else a plain string."""
+    if isinstance(value, str):
+        try:
+            json.loads(value)
+        except json.JSONDecodeError:
+            return shlex.quote(value)
+    return shlex.quote(json.dumps(value, separators=(",", ":")))

@@ -1,0 +1,223 @@
+"""The reproduction harness: plans, caching and locking of runs, tables with provenance, the CLI."""
+
+import dataclasses
+import fcntl
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import matplotlib.image
+import pytest
+
+from catchup_mix import methods
+from reproduce import artifacts, report, runner
+from reproduce.__main__ import main as reproduce_main
+from reproduce.artifacts import ARTIFACTS, Settings
+from reproduce.runner import Run
+
+REPOSITORY = Path(__file__).resolve().parent.parent
+TINY_TRAINING = dict(epochs=2, batch_size=10, lr=0.05, schedule="onecycle", weight_decay=5e-4, log_every=10**6)
+TINY_SUBSET = dict(num_classes=2, train_per_class=10, test_per_class=5)
+
+
+@pytest.fixture
+def tiny_smoke(monkeypatch):
+    """Smoke scale shrunk further, so an artifact trains in seconds."""
+    monkeypatch.setattr(artifacts, "SMOKE_TRAINING", TINY_TRAINING)
+    monkeypatch.setattr(artifacts, "SMOKE_SUBSET", TINY_SUBSET)
+    monkeypatch.setattr(artifacts, "SMOKE_WIDTH", {"preactresnet18": 4, "wrn16_8": 1, "resnext29_4_24": 8})
+
+
+def tiny_run(seed=0, **changes):
+    config = {**TINY_TRAINING, "dataset": "synthetic", **TINY_SUBSET, "model": "preactresnet18", "width": 4,
+              "method": "catchup_mix", "method_options": {}, **changes}
+    return Run("table1", "smoke", {"section": "preactresnet18", "method": config["method"]}, config, seed)
+
+
+def test_every_artifact_plans_runs_of_valid_configs_at_both_scales():
+    for scale in ("smoke", "paper"):
+        settings = Settings(scale, [0, 1], Path("."))
+        for name, artifact in ARTIFACTS.items():
+            runs = artifact.plan(settings)
+            assert len({run.key for run in runs}) == len(runs), name  # no run planned twice
+            for run in runs:
+                assert run.scale == scale and run.seed in (0, 1)
+                assert len(run.key) == 12  # resolving the key validates the whole config
+
+
+def test_paper_scale_uses_the_presets_of_method_md():
+    paper = Settings("paper", [0], Path("."), data_root="/data")
+    table1 = artifacts.plan_table1(paper)
+    assert {run.labels["section"] for run in table1} == {"preactresnet18", "wrn16_8", "resnext29_4_24"}
+    assert all(run.config["epochs"] == 300 and run.config["lr"] == 0.2 and run.config["width"] is None
+               and run.config["dataset"] == "cifar100" for run in table1)
+    table2 = artifacts.plan_table2(paper)
+    assert all(run.config["dataset"] == "tiny_imagenet" and run.config["epochs"] == 1200 for run in table2)
+    fgvc = artifacts.plan_table_fgvc(paper)
+    assert {run.config["dataset"] for run in fgvc} == {"cub200", "stanford_cars", "fgvc_aircraft"}
+    assert all(run.config["pretrained"] for run in fgvc)
+
+
+def test_a_new_registered_method_joins_the_tables(monkeypatch):
+    monkeypatch.setattr(methods, "METHODS", dict(methods.METHODS))
+
+    @methods.register("my_new_mix")
+    @dataclasses.dataclass(kw_only=True)
+    class MyNewMix(methods.Vanilla):
+        pass
+
+    runs = artifacts.plan_table1(Settings("smoke", [0], Path(".")))
+    assert {"preactresnet18", "wrn16_8", "resnext29_4_24"} == {
+        run.labels["section"] for run in runs if run.labels["method"] == "my_new_mix"}
+
+
+def test_ablation_covers_the_options_of_method_md():
+    variants = artifacts.ablation_variants(5)
+    options = [v for v in variants.values()]
+    assert {"layers": [0]} in options and {"layers": [1, 2, 3, 4, 5]} in options
+    assert all({"layers": [k]} in options for k in range(1, 6))
+    for change in ({"selection": "high"}, {"selection": "random"}, {"rfi": "absolute"}, {"alpha": 0.5},
+                   {"alpha": 2.0}, {"label": "channels"}):
+        assert change in options
+
+
+def test_run_key_follows_what_changes_the_numbers():
+    base = tiny_run()
+    assert tiny_run().key == base.key
+    assert tiny_run(seed=1).key != base.key
+    assert tiny_run(lr=0.1).key != base.key
+    assert tiny_run(data_root="/elsewhere", log_every=5).key == base.key  # where, not what
+    # the same config in another artifact is the same run, trained once
+    assert dataclasses.replace(base, artifact="figure_mixing", labels={}).key == base.key
+
+
+def test_execute_trains_once_then_reuses_the_result(tmp_path, monkeypatch):
+    run = tiny_run()
+    first = runner.execute(run, tmp_path)
+    assert first["summary"]["epochs"] == 2 and first["key"] == run.key
+    assert first["summary"]["provenance"]["commit"]
+    stored = json.loads(run.result_path(tmp_path).read_text())
+    assert stored["summary"]["last_top1"] == first["summary"]["last_top1"]
+
+    import catchup_mix.train
+
+    monkeypatch.setattr(catchup_mix.train, "train", lambda *a, **k: pytest.fail("a finished run was retrained"))
+    assert runner.execute(run, tmp_path) == first
+    # another artifact asking for the same run takes it from the shared run folder
+    twin = dataclasses.replace(run, artifact="figure_mixing")
+    assert runner.execute(twin, tmp_path)["summary"] == first["summary"]
+
+
+def test_a_run_held_by_another_process_is_skipped(tmp_path):
+    run = tiny_run()
+    folder = run.run_dir(tmp_path)
+    folder.mkdir(parents=True)
+    with open(folder / ".lock", "w") as other:  # a second open file description: flock sees a rival
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert runner.execute(run, tmp_path) is None
+    assert not run.result_path(tmp_path).exists()
+
+
+def test_dry_run_prints_commands_and_trains_nothing(tmp_path, capsys):
+    assert reproduce_main(["table1", "--scale", "smoke", "--dry-run", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("python -m catchup_mix train --resume --set") == 15
+    assert "method=catchup_mix" in out and "model=wrn16_8" in out
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "results").exists()
+
+
+def test_list_shows_every_artifact_with_runs_and_hours(capsys):
+    assert reproduce_main(["list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    for name in ARTIFACTS:
+        row = next(line for line in lines if line.startswith(name + " "))
+        runs, hours = row.split()[1:3]
+        assert int(runs) >= 0 and float(hours) > 0
+    table1 = next(line for line in lines if line.startswith("table1 ")).split()
+    assert int(table1[1]) == 3 * 3 * len(methods.available())
+    assert reproduce_main(["list", "--names"]) == 0
+    assert capsys.readouterr().out.split() == list(ARTIFACTS)
+
+
+def test_paper_scale_refuses_to_start_on_a_cpu(capsys):
+    assert reproduce_main(["table1", "--scale", "paper"]) == 2
+    assert "--allow-cpu" in capsys.readouterr().err
+
+
+def test_smoke_artifact_end_to_end_writes_tables_and_figure_from_its_results(tmp_path, tiny_smoke):
+    assert reproduce_main(["table2", "--scale", "smoke", "--out", str(tmp_path), "--seeds", "0", "1"]) == 0
+    results = [json.loads(p.read_text()) for p in (tmp_path / "results" / "table2" / "smoke").glob("*.json")]
+    assert len(results) == 2 * len(methods.available())
+    markdown = (tmp_path / "tables" / "smoke" / "table2.md").read_text()
+    assert "Smoke scale, not paper numbers" in markdown and "smoke scale on synthetic data" in markdown
+    assert f"Runs done: {len(results)} of {len(results)}" in markdown
+    for method in methods.available():
+        last = sorted(r["summary"]["last_top1"] for r in results if r["labels"]["method"] == method)
+        row = next(line for line in markdown.splitlines() if line.startswith(f"| {method} |"))
+        assert report.mean_std(last) in row and row.split("|")[5].strip() == "2"
+    commit = results[0]["summary"]["provenance"]["commit"][:10]
+    assert f"commit {commit}" in markdown
+    assert "puzzlemix" in markdown and "63.90 [" in markdown  # a published-only row, with its source
+    latex = (tmp_path / "tables" / "smoke" / "table2.tex").read_text()
+    assert r"\begin{tabular}" in latex and r"manifold\_mixup" in latex and r"$\pm$" in latex
+    image = matplotlib.image.imread(tmp_path / "figures" / "smoke" / "table2.png")
+    assert image.shape[0] > 200 and image.shape[1] > 200 and image[..., :3].std() > 0.05  # not blank
+    assert (tmp_path / "figures" / "smoke" / "table2.pdf").read_bytes().startswith(b"%PDF")
+
+
+def test_tables_only_renders_missing_runs_as_pending(tmp_path, tiny_smoke):
+    assert reproduce_main(["table2", "--scale", "smoke", "--out", str(tmp_path), "--tables-only"]) == 0
+    markdown = (tmp_path / "tables" / "smoke" / "table2.md").read_text()
+    assert f"Runs done: 0 of {len(methods.available())}" in markdown
+    assert "| catchup_mix | — | — | — | 0 |" in markdown
+    assert not (tmp_path / "runs").exists()
+
+
+def test_figure_mixing_measures_a_trained_pair(tmp_path, tiny_smoke):
+    assert reproduce_main(["figure_mixing", "--scale", "smoke", "--out", str(tmp_path)]) == 0
+    measurement = json.loads(next((tmp_path / "results" / "figure_mixing" / "smoke").glob("measurement-*")).read_text())
+    assert [layer["k"] for layer in measurement["layers"]] == [1, 2, 3, 4, 5]
+    for layer in measurement["layers"]:
+        channels = layer["channels"]
+        assert sum(layer["kept"]) == channels // 2  # lam = 0.5
+        # the source keeps its lowest-RFI channels: every kept RFI is <= every replaced one
+        kept = [r for r, k in zip(layer["rfi"], layer["kept"], strict=True) if k]
+        replaced = [r for r, k in zip(layer["rfi"], layer["kept"], strict=True) if not k]
+        assert max(kept) <= min(replaced)
+    assert 0 < measurement["images"]["cutmix_lam"] <= 1
+    image = matplotlib.image.imread(tmp_path / "figures" / "smoke" / "figure_mixing.png")
+    assert image[..., :3].std() > 0.05
+
+
+def test_overhead_reports_each_method_relative_to_vanilla(tmp_path, monkeypatch):
+    monkeypatch.setattr(artifacts, "overhead_setup", lambda settings: dict(
+        model_name="preactresnet18", width=4, batch_size=8, rounds=2, steps_per_epoch=10))
+    assert reproduce_main(["overhead", "--scale", "smoke", "--out", str(tmp_path)]) == 0
+    markdown = (tmp_path / "tables" / "smoke" / "overhead.md").read_text()
+    assert "| vanilla |" in markdown and "| 1.000 |" in markdown
+    assert all(f"| {name} |" in markdown for name in methods.available())
+
+
+def test_published_reference_file_names_a_source_for_every_number():
+    reference = report.load_published()
+    for entry in reference["numbers"]:
+        assert entry["source"] in reference["sources"], entry
+        assert entry["artifact"] in ARTIFACTS and entry["protocol"]
+        if entry["source"] == "catchup_mix_paper":
+            assert entry["top1"] is None  # not filled from the paper yet: shown as n/a
+        else:
+            assert 0 < entry["top1"] < 100
+    published = report.Published("table1")
+    assert published.paper_cell("preactresnet18", "catchup_mix") == "n/a"
+    assert published.other_cell("preactresnet18", "puzzlemix") == "80.40 [1]; 81.13 [2]"
+    assert len(published.footnotes) == 2 and "PuzzleMix README" in published.footnotes[0]
+
+
+def test_cli_entry_point_runs_as_a_module(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "reproduce", "ablation", "--scale", "smoke", "--dry-run",
+                             "--out", str(tmp_path)], capture_output=True, text=True, cwd=REPOSITORY,
+                            env=dict(os.environ, PYTHONPATH=str(REPOSITORY)), timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("catchup_mix train") == 1 + len(artifacts.ablation_variants())
