@@ -28,6 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     evaluate_parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
 
     args = parser.parse_args(argv)
+    from .train import NonFiniteLossError
+
     try:
         if args.command == "train":
             from .train import train
@@ -35,7 +37,9 @@ def main(argv: list[str] | None = None) -> int:
             train(load_config(args.config, parse_overrides(args.set)), resume=args.resume)
         else:
             print(json.dumps(evaluate_checkpoint(args.checkpoint, args.data_root, args.device), indent=2))
-    except (ConfigError, CheckpointError, FileExistsError, FileNotFoundError) as error:
+    except (ConfigError, CheckpointError, FileExistsError, FileNotFoundError, ValueError, NonFiniteLossError) as error:
+        # bad input (config, data layout, checkpoint) or a stopped run (NaN loss): the message says what
+        # is wrong and what to do; a traceback would only hide it
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0
@@ -46,7 +50,7 @@ def evaluate_checkpoint(path: str, data_root: str | None = None, device: str = "
     from . import data, models, provenance
     from .checkpoint import load_checkpoint, write_json
     from .evaluate import evaluate
-    from .train import pick_device
+    from .train import load_dataset, pick_device
 
     saved = load_checkpoint(path)
     values = dict(saved["config"], device=device)
@@ -54,9 +58,7 @@ def evaluate_checkpoint(path: str, data_root: str | None = None, device: str = "
         values["data_root"] = data_root
     config = make_config(values)
     device = pick_device(config, 0)
-    dataset = data.load(config.dataset, config.data_root, num_classes=config.num_classes,
-                        train_per_class=config.train_per_class, test_per_class=config.test_per_class,
-                        seed=config.seed)
+    dataset = load_dataset(config)
     model = models.build(config.model, dataset.num_classes, image_size=dataset.crop_size, width=config.width)
     model.load_state_dict(saved["model"])
     model.to(device)

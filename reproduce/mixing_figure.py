@@ -8,6 +8,7 @@ import torch
 from catchup_mix import data, models, ops, provenance
 from catchup_mix.checkpoint import load_checkpoint
 from catchup_mix.config import make_config
+from catchup_mix.train import load_dataset
 
 LAM = 0.5
 
@@ -19,9 +20,7 @@ def _rounded(tensor: torch.Tensor, digits: int = 4):
 def measure(run_dir, run_config: dict) -> dict:
     saved = load_checkpoint(run_dir / "checkpoints" / "last.pt")
     config = make_config({**saved["config"], "data_root": run_config.get("data_root")})
-    dataset = data.load(config.dataset, config.data_root, num_classes=config.num_classes,
-                        train_per_class=config.train_per_class, test_per_class=config.test_per_class,
-                        seed=config.seed)
+    dataset = load_dataset(config)
     model = models.build(config.model, dataset.num_classes, image_size=dataset.crop_size, width=config.width)
     model.load_state_dict(saved["model"])
     model.eval()

@@ -265,3 +265,33 @@ def test_two_process_distributed_run_on_cpu(tmp_path):
     rows = metrics(out)
     assert len(rows) == 2 and sum(rows[0]["layer_counts"].values()) == 6  # 96 images, 16 per step (8 per process)
     assert json.loads((out / "provenance.json").read_text())["world_size"] == 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "folder, dataset, classes",
+    [("cifar10-jpeg", "imagefolder", 10), ("tiny-imagenet-200", "tiny_imagenet", 5)],
+)
+def test_short_run_on_real_data(tmp_path, shared_data_dir, folder, dataset, classes):
+    from catchup_mix.__main__ import evaluate_checkpoint
+
+    config = make_config(dict(
+        dataset=dataset, data_root=str(shared_data_dir / folder), num_classes=classes, train_per_class=20,
+        test_per_class=10, model="preactresnet18", width=4, method="catchup_mix", epochs=2, batch_size=20,
+        lr=0.05, schedule="onecycle", output_dir=str(tmp_path / dataset),
+    ))
+    summary = train(config)
+    rows = metrics(tmp_path / dataset)
+    assert all(math.isfinite(row["train_loss"]) for row in rows) and summary["epochs"] == 2
+    assert sum(rows[0]["layer_counts"].values()) == classes * 20 // 20
+    evaluation = evaluate_checkpoint(str(tmp_path / dataset / "checkpoints" / "last.pt"))
+    assert evaluation["n"] == classes * 10 and evaluation["top1"] == pytest.approx(rows[-1]["test_top1"])
+    if classes <= 5:  # every label lies among the first 5 classes, so top-5 must be perfect
+        assert evaluation["top5"] == 100.0
+
+
+@pytest.mark.slow
+def test_compiled_training_matches_eager(tmp_path):
+    eager = train(tiny(tmp_path, "eager", epochs=1, deterministic=False))
+    compiled = train(tiny(tmp_path, "compiled", epochs=1, deterministic=False, compile=True))
+    assert compiled["last_nll"] == pytest.approx(eager["last_nll"], rel=1e-3)
