@@ -8,6 +8,9 @@ from typing import Any
 
 import torch
 
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)  # read the process umask (the only way is to set it) and put it back
+
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used; nothing was overwritten."""
@@ -22,6 +25,7 @@ def atomic_write(path: str | Path, write) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.chmod(temporary, 0o666 & ~_UMASK)  # mkstemp makes it private (0600); give it a normal file's mode
     try:
         with os.fdopen(handle, "wb") as file:
             write(file)

@@ -123,7 +123,7 @@ def render_table2(settings, results, measurement):
 
 def plan_table_fgvc(settings: Settings) -> list[Run]:
     if settings.scale == "smoke":
-        # The adapter path end to end: an untrained torchvision ResNet-18 on small images.
+        # The adapter path end to end: an untrained torchvision ResNet-18 on the small smoke images.
         base = {**SMOKE_TRAINING, **smoke_data(settings), "model": "torchvision_resnet18", "width": None}
         return grid("table_fgvc", settings, base, {"synthetic/torchvision_resnet18": {}})
     base = base_config(settings, "fgvc_300ep")
@@ -133,8 +133,8 @@ def plan_table_fgvc(settings: Settings) -> list[Run]:
 
 
 def render_table_fgvc(settings, results, measurement):
-    return report.method_table(settings, "table_fgvc", "Fine-grained top-1 accuracy (%), ImageNet-pretrained "
-                               "torchvision ResNets through the hook adapter", results,
+    return report.method_table(settings, "table_fgvc", "Fine-grained top-1 accuracy (%), torchvision ResNets "
+                               "through the hook adapter (ImageNet-pretrained at paper scale)", results,
                                section_title=report.fgvc_title)
 
 

@@ -27,7 +27,7 @@ DATASET_TITLES = {"cub200": "CUB-200-2011", "stanford_cars": "Stanford Cars", "f
                   "synthetic": "synthetic"}
 
 SMOKE_WARNING = (
-    "**Smoke scale, not paper numbers.** Narrow networks, 12 epochs, 500 training images: this shows "
+    "**Smoke scale, not paper numbers.** Small networks, 500 training images, 12 epochs: this shows "
     "that the whole path works, not how the methods rank. Mixing methods regularise, and regularisation "
     "pays off over long schedules; on short ones it mostly slows fitting, so smoke tables can rank the "
     "methods differently from the paper. Measured on this kind of machine (PreActResNet-18 at width 16, "
