@@ -8,6 +8,7 @@ someone fills them from the paper.
 
 import json
 import statistics
+import textwrap
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -312,7 +313,9 @@ def bar_chart(settings, artifact, title, sections, section_title, values: dict, 
             ax.set_ylabel("test top-1 (%), last epoch")
             ax.set_title(section_title(section) or section, fontsize=9)
         ax.grid(axis="x" if horizontal else "y", alpha=0.3)
-    fig.suptitle(title.replace(" [", "\n["), fontsize=10)
+    width_chars = int(fig.get_figwidth() * 11)  # about 11 characters of 10 pt text per inch
+    fig.suptitle("\n".join(textwrap.fill(part, width_chars) for part in title.replace(" [", "\n[").split("\n")),
+                 fontsize=10)
     fig.tight_layout()
     paths = [output_path(settings, "figures", artifact, ext) for ext in (".png", ".pdf")]
     for path in paths:  # no creation date in the PDF: regenerating unchanged results changes no file
