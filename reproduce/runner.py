@@ -12,6 +12,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import re
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +41,9 @@ class Run:
 
     @property
     def name(self) -> str:
-        return "-".join(str(v) for v in self.labels.values()) + f"-seed{self.seed}"
+        """Readable and safe as a file name on any system: labels joined, odd characters made '_'."""
+        labels = "-".join(str(v) for v in self.labels.values())
+        return re.sub(r"[^A-Za-z0-9._-]+", "_", labels).strip("_") + f"-seed{self.seed}"
 
     def command(self, out: Path) -> str:
         """The equivalent plain training command, for --dry-run and for the record."""
