@@ -9,14 +9,13 @@ the mix of layers it really uses.
 """
 
 import argparse
-import contextlib
 import statistics
 import time
 
 import torch
 
 from . import methods, models, provenance
-from .train import train_step
+from .train import autocast_for, train_step
 
 
 def time_steps(model_name="preactresnet18", method_names=None, batch_size=128, image_size=32, width=None,
@@ -32,9 +31,7 @@ def time_steps(model_name="preactresnet18", method_names=None, batch_size=128, i
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
         images = images.contiguous(memory_format=torch.channels_last)
-
-    def autocast():
-        return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+    autocast = autocast_for(device)
 
     built = {name: methods.build(name, num_hook_points=model.num_hook_points) for name in method_names}
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=1e-4)
@@ -79,7 +76,7 @@ def main(argv=None) -> None:
                        rounds=args.rounds, device=args.device)
     print(f"{args.model} (width {args.width or 'paper'}), batch {args.batch_size}, {args.image_size}x{args.image_size}, "
           f"{args.rounds} interleaved rounds after 2 warm-up rounds; "
-          f"{provenance.describe({**provenance.git_state(), 'device': provenance.device_name(torch.device(args.device))})}")
+          f"{provenance.describe(provenance.collect(torch.device(args.device)))}")
     print(format_table(summarize(times)))
 
 

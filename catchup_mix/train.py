@@ -53,6 +53,13 @@ def lr_factor(config: Config, epoch_progress: float) -> float:
     return 0.1 + 0.9 * fraction / 0.25 if fraction < 0.25 else (1 - fraction) / 0.75
 
 
+def autocast_for(device: torch.device, amp: bool = True):
+    """A factory of autocast contexts: bf16 on CUDA when amp is on, a no-op otherwise (the CPU)."""
+    if amp and device.type == "cuda":
+        return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext
+
+
 def train_step(model, method, images, labels, optimizer, generator, autocast, label_smoothing=0.0):
     """One SGD step of any method; returns the (detached) loss and the mixing layer drawn."""
     batch = method(images, labels, generator=generator)
@@ -186,10 +193,7 @@ def train(config: Config, resume: bool = False) -> dict:
         # after a warm-up of one compile per layer and shape (about 8 steps) no step recompiled,
         # whatever lambda and partners a batch drew.
         trained_model = torch.compile(trained_model)
-    use_amp = config.amp and device.type == "cuda"
-
-    def autocast():
-        return torch.autocast("cuda", dtype=torch.bfloat16) if use_amp else contextlib.nullcontext()
+    autocast = autocast_for(device, config.amp)
 
     info = provenance.collect(device, world_size)
     if is_main:

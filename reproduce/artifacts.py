@@ -197,7 +197,7 @@ def measure_overhead(settings: Settings, results) -> dict:
     rows = benchmark.summarize(times)
     for row in rows:
         row["epoch_s"] = row["median_s"] * steps_per_epoch
-    info = {**provenance.git_state(), "device": provenance.device_name(torch.device(device))}
+    info = provenance.collect(torch.device(device))
     return {"setup": {**setup, "steps_per_epoch": steps_per_epoch, "device": device}, "rows": rows,
             "provenance": info}
 

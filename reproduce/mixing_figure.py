@@ -72,7 +72,7 @@ def render(settings, measurement: dict | None) -> list:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .report import output_path
+    from .report import save_figure
 
     if measurement is None:
         return []
@@ -120,9 +120,4 @@ def render(settings, measurement: dict | None) -> list:
     fig.suptitle(f"Catch-up Mix on one test pair ({scale_note}{config['model']} trained with "
                  f"{config['method']} on {config['dataset']}, epoch {measurement['checkpoint_epoch']}, seed "
                  f"{config['seed']}, commit {measurement['provenance']['commit'][:10]})", fontsize=9)
-    fig.tight_layout()
-    paths = [output_path(settings, "figures", "figure_mixing", ext) for ext in (".png", ".pdf")]
-    for path in paths:
-        fig.savefig(path, dpi=130, metadata={"CreationDate": None} if path.suffix == ".pdf" else None)
-    plt.close(fig)
-    return paths
+    return save_figure(settings, "figure_mixing", fig, dpi=130)

@@ -316,9 +316,16 @@ def bar_chart(settings, artifact, title, sections, section_title, values: dict, 
     width_chars = int(fig.get_figwidth() * 11)  # about 11 characters of 10 pt text per inch
     fig.suptitle("\n".join(textwrap.fill(part, width_chars) for part in title.replace(" [", "\n[").split("\n")),
                  fontsize=10)
+    return save_figure(settings, artifact, fig, dpi=150)
+
+
+def save_figure(settings, artifact: str, fig, dpi: int) -> list[Path]:
+    """Write `fig` as figures/[smoke/]<artifact>.png and .pdf, then close it."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     paths = [output_path(settings, "figures", artifact, ext) for ext in (".png", ".pdf")]
     for path in paths:  # no creation date in the PDF: regenerating unchanged results changes no file
-        fig.savefig(path, dpi=150, metadata={"CreationDate": None} if path.suffix == ".pdf" else None)
+        fig.savefig(path, dpi=dpi, metadata={"CreationDate": None} if path.suffix == ".pdf" else None)
     plt.close(fig)
     return paths

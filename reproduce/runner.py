@@ -10,6 +10,7 @@ an artifact that asks for a run another artifact already made finds it done.
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import json
 import re
@@ -32,7 +33,7 @@ class Run:
     config: dict  # config values (see catchup_mix.config.Config), without seed and output_dir
     seed: int
 
-    @property
+    @functools.cached_property  # resolving the config builds a meta-device model: once per run is enough
     def key(self) -> str:
         """Hash of the fully resolved config (defaults included), so a changed default is a new run."""
         resolved = to_dict(make_config({**self.config, "seed": self.seed}))
