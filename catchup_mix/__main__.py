@@ -1,13 +1,11 @@
 """Command line: `python -m catchup_mix train ...` and `python -m catchup_mix evaluate ...`."""
 
 import argparse
-import contextlib
 import json
 import sys
-from pathlib import Path
 
 from .checkpoint import CheckpointError
-from .config import PRESETS, ConfigError, load_config, make_config, parse_overrides
+from .config import PRESETS, ConfigError, load_config, parse_overrides
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
 
             train(load_config(args.config, parse_overrides(args.set)), resume=args.resume)
         else:
+            from .evaluate import evaluate_checkpoint
+
             print(json.dumps(evaluate_checkpoint(args.checkpoint, args.data_root, args.device), indent=2))
     except (ConfigError, CheckpointError, FileExistsError, FileNotFoundError, ValueError, NonFiniteLossError) as error:
         # bad input (config, data layout, checkpoint) or a stopped run (NaN loss): the message says what
@@ -43,35 +43,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0
-
-
-def evaluate_checkpoint(path: str, data_root: str | None = None, device: str = "auto") -> dict:
-    """Rebuild the run's model and test split from the checkpoint, and measure it."""
-    from . import data, models, provenance
-    from .checkpoint import load_checkpoint, write_json
-    from .evaluate import evaluate
-    from .train import load_dataset, pick_device
-
-    saved = load_checkpoint(path)
-    values = dict(saved["config"], device=device)
-    if data_root:
-        values["data_root"] = data_root
-    config = make_config(values)
-    device = pick_device(config, 0)
-    dataset = load_dataset(config)
-    model = models.build(config.model, dataset.num_classes, image_size=dataset.crop_size, width=config.width)
-    model.load_state_dict(saved["model"])
-    model.to(device)
-    loader = data.BatchLoader(dataset.test, 500, mean=dataset.mean, std=dataset.std, train=False,
-                              crop_size=dataset.crop_size, device=device)
-    metrics = evaluate(model, loader, device, contextlib.nullcontext)
-    result = {
-        "checkpoint": str(path), "epoch": saved["epoch"], **metrics,
-        "method": config.method, "model": config.model, "dataset": config.dataset, "seed": config.seed,
-        "provenance": provenance.collect(device),
-    }
-    write_json(Path(path).with_suffix(".eval.json"), result)
-    return result
 
 
 if __name__ == "__main__":

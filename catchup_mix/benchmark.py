@@ -15,7 +15,9 @@ import time
 import torch
 
 from . import methods, models, provenance
-from .train import autocast_for, train_step
+from .config import Config, resolve_runtime
+from .precision import autocast_for
+from .train import train_step
 
 
 def time_steps(model_name="preactresnet18", method_names=None, batch_size=128, image_size=32, width=None,
@@ -31,7 +33,7 @@ def time_steps(model_name="preactresnet18", method_names=None, batch_size=128, i
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
         images = images.contiguous(memory_format=torch.channels_last)
-    autocast = autocast_for(device)
+    autocast = autocast_for(device, resolve_runtime(Config(device=device.type)).precision)
 
     built = {name: methods.build(name, num_hook_points=model.num_hook_points) for name in method_names}
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=1e-4)

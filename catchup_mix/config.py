@@ -16,8 +16,12 @@ from typing import Any, get_args, get_origin
 
 import torch
 
+from .precision import native_bf16
+
 SCHEDULES = ("step", "cosine", "onecycle")
 DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+LOSSES = ("ce", "softmax_bce")
 
 
 @dataclass
@@ -47,12 +51,14 @@ class Config:
     milestones: list[int] = field(default_factory=lambda: [100, 200])
     gamma: float = 0.1
     warmup_epochs: float = 0.0  # linear warm-up before the schedule (cosine and step)
+    loss: str = "ce"  # or "softmax_bce": BCE of the softmax against the mixed target (PuzzleMix, Co-Mixup)
     label_smoothing: float = 0.0
     # run
     seed: int = 0
     deterministic: bool = False  # bitwise repeatable on the CPU; deterministic kernels on CUDA (slower)
     device: str = "auto"
-    amp: bool = True  # bf16 autocast on CUDA; ignored on the CPU
+    # auto: bf16 autocast on GPUs with native bf16, fp16 autocast + GradScaler on older GPUs, fp32 on the CPU
+    precision: str = "auto"
     channels_last: bool = True  # on CUDA
     compile: bool = False  # torch.compile the model
     output_dir: str = "runs/default"
@@ -148,6 +154,11 @@ def validate(config: Config) -> None:
     check(config.method in methods.available(), f"unknown method {config.method!r}; available: {', '.join(methods.available())}")
     check(config.schedule in SCHEDULES, f"unknown schedule {config.schedule!r}; use one of {', '.join(SCHEDULES)}")
     check(config.device in DEVICES, f"unknown device {config.device!r}; use one of {', '.join(DEVICES)}")
+    check(config.precision in PRECISIONS,
+          f"unknown precision {config.precision!r}; use one of {', '.join(PRECISIONS)}")
+    check(config.loss in LOSSES, f"unknown loss {config.loss!r}; use one of {', '.join(LOSSES)}")
+    check(not (config.device == "cpu" and config.precision in ("bf16", "fp16")),
+          f"precision={config.precision} is for GPUs; on the CPU use precision=fp32 (or auto)")
     for key in ("epochs", "batch_size", "log_every"):
         check(getattr(config, key) >= 1, f"{key} must be >= 1, got {getattr(config, key)}")
     for key in ("lr", "weight_decay", "momentum", "warmup_epochs", "label_smoothing"):
@@ -172,6 +183,28 @@ def validate(config: Config) -> None:
 
 def to_dict(config: Config) -> dict[str, Any]:
     return dataclasses.asdict(config)
+
+
+def resolve_runtime(config: Config) -> Config:
+    """The config with `device` and `precision` fixed to what this machine runs ("auto" resolved).
+
+    The resolved values are what a checkpoint and a run-cache key record, so that a CPU fp32 run is
+    never continued, or looked up, as a GPU bf16 one.
+    """
+    device = config.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device=cuda was asked for, but torch sees no CUDA GPU; use device=cpu or auto")
+    precision = config.precision
+    if precision == "auto":
+        precision = "fp32" if device == "cpu" else ("bf16" if native_bf16() else "fp16")
+    if precision == "bf16" and device == "cuda" and not native_bf16():
+        raise ConfigError(f"precision=bf16 but {torch.cuda.get_device_name()} has no native bf16 (it would be "
+                          "emulated, slowly): use precision=fp16 (with loss scaling) or fp32, or leave it auto")
+    if device == "cpu" and precision != "fp32":
+        raise ConfigError(f"precision={precision} is for GPUs; on the CPU use precision=fp32 (or auto)")
+    return dataclasses.replace(config, device=device, precision=precision)
 
 
 def _read_source(source: str) -> dict[str, Any]:

@@ -1,12 +1,21 @@
-"""Clean-test metrics: top-1, top-5, negative log-likelihood and expected calibration error.
+"""Clean-test metrics (top-1, top-5, negative log-likelihood, expected calibration error), and a trained
+run's checkpoint loaded back as it was trained.
 
 Metrics are accumulated as sums (correct counts, NLL, per-bin confidence and accuracy), so the
 shards of several GPUs add up with one all-reduce, and the result does not depend on batch size.
 """
 
+import dataclasses
+from pathlib import Path
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+
+from . import data, models, provenance
+from .checkpoint import load_checkpoint, write_json
+from .config import Config, make_config, resolve_runtime
+from .precision import autocast_for
 
 ECE_BINS = 15
 
@@ -70,3 +79,62 @@ def evaluate(model, loader, device, autocast) -> dict:
     sums.all_reduce()
     model.train(was_training)
     return sums.result()
+
+
+@dataclasses.dataclass
+class LoadedRun:
+    """A checkpoint's model, back in eval mode on `device`, with the data and numerics it was trained with."""
+
+    config: Config  # the run's config, resolved for this machine
+    model: torch.nn.Module
+    dataset: data.Dataset
+    device: torch.device
+    autocast: object  # a factory of autocast contexts, as in training
+    epoch: int
+    same_numerics: bool  # same device type and precision as the training run: logged numbers reproduce
+
+    def test_loader(self, batch_size: int = 500) -> data.BatchLoader:
+        return data.BatchLoader(self.dataset.test, batch_size, mean=self.dataset.mean, std=self.dataset.std,
+                                train=False, crop_size=self.dataset.crop_size, device=self.device,
+                                channels_last=self.config.channels_last and self.device.type == "cuda")
+
+
+def load_run(path, data_root: str | None = None, device: str = "auto") -> LoadedRun:
+    """Rebuild a run's model and dataset from its checkpoint (last.pt or best.pt).
+
+    On the device type the run was trained on, the model is evaluated with the run's precision (autocast
+    dtype) and memory format, so re-evaluation reproduces the logged numbers. On another device type (a GPU
+    run re-evaluated on a CPU) it falls back to that device's own precision and says so (same_numerics).
+    """
+    saved = load_checkpoint(path)
+    values = dict(saved["config"])
+    if data_root:
+        values["data_root"] = data_root
+    trained = make_config(values)
+    here = resolve_runtime(dataclasses.replace(trained, device=device, precision="auto"))
+    same_device = here.device == trained.device
+    config = dataclasses.replace(here, precision=trained.precision) if same_device else here
+    torch_device = torch.device(config.device)
+    dataset = data.from_config(config)
+    model = models.build(config.model, dataset.num_classes, image_size=dataset.crop_size, width=config.width)
+    model.load_state_dict(saved["model"])
+    model.to(torch_device).eval()
+    if config.channels_last and torch_device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    return LoadedRun(config, model, dataset, torch_device, autocast_for(torch_device, config.precision),
+                     saved["epoch"], same_device)
+
+
+def evaluate_checkpoint(path, data_root: str | None = None, device: str = "auto") -> dict:
+    """Clean test metrics of a checkpoint, written beside it as <checkpoint>.eval.json."""
+    run = load_run(path, data_root, device)
+    metrics = evaluate(run.model, run.test_loader(), run.device, run.autocast)
+    config = run.config
+    result = {
+        "checkpoint": str(path), "epoch": run.epoch, **metrics,
+        "method": config.method, "model": config.model, "dataset": config.dataset, "seed": config.seed,
+        "precision": config.precision, "same_numerics_as_training": run.same_numerics,
+        "provenance": provenance.collect(run.device),
+    }
+    write_json(Path(path).with_suffix(".eval.json"), result)
+    return result

@@ -1,13 +1,18 @@
 """Every mixing method behind one call, in the spirit of timm's `data/mixup.py`.
 
     method = methods.build("catchup_mix", num_hook_points=model.num_hook_points)
-    batch = method(images, labels, generator=generator)
+    batch = method(images, labels, generator=generator, model=model)
     logits = model(batch.inputs, feature_hook=batch.feature_hook)
-    loss = mixed_cross_entropy(logits, batch.targets_a, batch.targets_b, batch.lam)
+    loss = soft_target_loss(logits, batch.target_distribution(logits.shape[1]))
 
 Each method is a small dataclass whose fields are its options. Every random draw (whether to mix,
 the partner permutation, lambda, the layer, the CutMix box) comes from `generator`, a CPU
-torch.Generator, so a seeded generator repeats a batch exactly on any device. Partners are a random
+torch.Generator, so a seeded generator repeats a batch exactly on any device.
+
+The one extension of the call: `model=`. Methods whose mixing depends on the network (saliency from an
+input gradient, as PuzzleMix and Co-Mixup compute it) set `needs_model = True` and receive the model the
+trainer is training; the others ignore it. The trainer always passes it, so it never needs to know which
+method it runs. Partners are a random
 permutation of the batch, as in the Mixup, CutMix, Manifold Mixup and PuzzleMix code; torchvision's
 v2 MixUp/CutMix and timm pair each sample with its neighbour in a flipped batch and cannot mix hidden
 layers, so the ops here are our own (`catchup_mix.ops`).
@@ -27,16 +32,25 @@ from . import ops
 class MixedBatch:
     """What a method hands to the training step.
 
-    `lam` is the weight of `targets_a` in the loss. With Catch-up Mix's `label="channels"` the
-    feature hook sets it when it fires, so read it after the forward pass.
+    `lam` is the weight of `targets_a` in the loss: a float for the whole batch, or a (B,) tensor of
+    per-sample weights. With Catch-up Mix's `label="channels"` the feature hook sets it when it fires, so
+    read it (and `target_distribution`) after the forward pass. Methods that mix more than two samples
+    into one (Co-Mixup) give `soft_targets`, a (B, num_classes) distribution that replaces the pair.
     """
 
     inputs: torch.Tensor
     targets_a: torch.Tensor
     targets_b: torch.Tensor
-    lam: float
+    lam: float | torch.Tensor
     layer: int | None = None  # the mixing point: 0 = input image, k >= 1 = the model's hook point k
     feature_hook: Callable[[torch.Tensor, int], torch.Tensor] | None = None
+    soft_targets: torch.Tensor | None = None
+
+    def target_distribution(self, num_classes: int) -> torch.Tensor:
+        """The (B, num_classes) training target: lam * onehot(targets_a) + (1 - lam) * onehot(targets_b)."""
+        if self.soft_targets is not None:
+            return self.soft_targets
+        return ops.mixed_targets(self.targets_a, self.targets_b, self.lam, num_classes)
 
 
 METHODS: dict[str, type] = {}
@@ -74,6 +88,7 @@ class Method:
 
     prob: float = 1.0  # probability that a batch is mixed at all
     num_hook_points: int | None = None
+    needs_model = False  # a class attribute, not an option: True where mix() uses the model
 
     def __post_init__(self):
         if not 0.0 <= self.prob <= 1.0:
@@ -82,14 +97,18 @@ class Method:
             if getattr(self, option, 1.0) <= 0:
                 raise ValueError(f"{self.name}: {option} must be > 0, got {getattr(self, option)}")
 
-    def __call__(self, inputs: torch.Tensor, targets: torch.Tensor, generator: torch.Generator | None = None):
+    def __call__(self, inputs: torch.Tensor, targets: torch.Tensor, generator: torch.Generator | None = None,
+                 model: torch.nn.Module | None = None) -> MixedBatch:
         if inputs.shape[0] != targets.shape[0]:
             raise ValueError(f"{inputs.shape[0]} inputs but {targets.shape[0]} targets")
+        if self.needs_model and model is None:
+            raise ValueError(f"{self.name} computes its mix from the network: call it with model=<the model "
+                             "being trained>")
         if self.prob < 1.0 and float(torch.rand((), generator=generator)) >= self.prob:
             return MixedBatch(inputs, targets, targets, 1.0)
-        return self.mix(inputs, targets, generator)
+        return self.mix(inputs, targets, generator, model)
 
-    def mix(self, inputs, targets, generator) -> MixedBatch:
+    def mix(self, inputs, targets, generator, model) -> MixedBatch:
         raise NotImplementedError
 
     def _resolve_layers(self, layers) -> tuple[int, ...]:
@@ -123,12 +142,18 @@ def draw_layer(layers: tuple[int, ...], generator: torch.Generator | None) -> in
     return layers[int(torch.randint(len(layers), (), generator=generator))]
 
 
+def to_device(perm: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """The CPU permutation on the batch's device, copied once per batch without making the CPU wait."""
+    return perm.to(device, non_blocking=True)
+
+
 def mix_at_layer(inputs, targets, perm, lam, layer, mix) -> MixedBatch:
     """Mix the images now (layer 0) or give the model a hook that mixes at its hook point `layer`.
 
-    `mix(tensor, batch)` returns the mixed tensor; it gets the batch so it may adjust `batch.lam`.
+    `perm` is on the batch's device. `mix(tensor, batch)` returns the mixed tensor; it gets the batch so
+    it may adjust `batch.lam`.
     """
-    batch = MixedBatch(inputs, targets, targets[perm.to(targets.device)], lam, layer=layer)
+    batch = MixedBatch(inputs, targets, targets[perm], lam, layer=layer)
     if layer == 0:
         batch.inputs = mix(inputs, batch)
     else:
@@ -138,16 +163,16 @@ def mix_at_layer(inputs, targets, perm, lam, layer, mix) -> MixedBatch:
 
 def mixup_batch(inputs, targets, layer, alpha, generator) -> MixedBatch:
     """Mixup at `layer` with lam ~ Beta(alpha, alpha): input Mixup for layer 0, Manifold Mixup above."""
-    perm = draw_partners(inputs.shape[0], generator)
+    perm = to_device(draw_partners(inputs.shape[0], generator), inputs.device)
     lam = draw_beta(alpha, generator)
     return mix_at_layer(inputs, targets, perm, lam, layer, lambda tensor, batch: ops.mixup(tensor, lam, perm))
 
 
 def cutmix_batch(inputs, targets, alpha, generator) -> MixedBatch:
     """CutMix on the images; the label weight is the area actually kept."""
-    perm = draw_partners(inputs.shape[0], generator)
+    perm = to_device(draw_partners(inputs.shape[0], generator), inputs.device)
     mixed, lam = ops.cutmix(inputs, draw_beta(alpha, generator), perm, generator)
-    return MixedBatch(mixed, targets, targets[perm.to(targets.device)], lam, layer=0)
+    return MixedBatch(mixed, targets, targets[perm], lam, layer=0)
 
 
 @register("vanilla")
@@ -155,7 +180,7 @@ def cutmix_batch(inputs, targets, alpha, generator) -> MixedBatch:
 class Vanilla(Method):
     """No mixing: plain cross-entropy training."""
 
-    def mix(self, inputs, targets, generator):
+    def mix(self, inputs, targets, generator, model):
         return MixedBatch(inputs, targets, targets, 1.0)
 
 
@@ -166,7 +191,7 @@ class Mixup(Method):
 
     alpha: float = 1.0
 
-    def mix(self, inputs, targets, generator):
+    def mix(self, inputs, targets, generator, model):
         return mixup_batch(inputs, targets, 0, self.alpha, generator)
 
 
@@ -177,7 +202,7 @@ class CutMix(Method):
 
     alpha: float = 1.0
 
-    def mix(self, inputs, targets, generator):
+    def mix(self, inputs, targets, generator, model):
         return cutmix_batch(inputs, targets, self.alpha, generator)
 
 
@@ -197,7 +222,7 @@ class ManifoldMixup(Method):
         super().__post_init__()
         self.layers = self._resolve_layers(self.layers)
 
-    def mix(self, inputs, targets, generator):
+    def mix(self, inputs, targets, generator, model):
         return mixup_batch(inputs, targets, draw_layer(self.layers, generator), self.alpha, generator)
 
 
@@ -229,11 +254,11 @@ class CatchupMix(Method):
             raise ValueError(f"catchup_mix: unknown label {self.label!r}; use 'lambda' or 'channels'")
         self.layers = self._resolve_layers(self.layers)
 
-    def mix(self, inputs, targets, generator):
+    def mix(self, inputs, targets, generator, model):
         layer = draw_layer(self.layers, generator)
         if layer == 0:
             return cutmix_batch(inputs, targets, self.cutmix_alpha, generator)
-        perm = draw_partners(inputs.shape[0], generator)
+        perm = to_device(draw_partners(inputs.shape[0], generator), inputs.device)
         lam = draw_beta(self.alpha, generator)
 
         def mix_features(features: torch.Tensor, batch: MixedBatch) -> torch.Tensor:

@@ -1,7 +1,10 @@
 """The mixing operations themselves: pure functions on tensors, no state, no model.
 
 `catchup_mix_features` is the Catch-up Mix channel mix (method.md, step 4). The other functions are
-the pieces every mixing method shares: the mixed loss, input Mixup and the CutMix box.
+the pieces every mixing method shares: the mixed target and its two losses, input Mixup and the CutMix box.
+
+A partner permutation `perm` may live on the CPU (checked to be a permutation, at no device cost) or on the
+features' device (trusted as it is: checking it there would make the GPU wait for the CPU).
 """
 
 import math
@@ -11,6 +14,7 @@ import torch.nn.functional as F
 
 SELECTIONS = ("low", "high", "random")
 RFI_MODES = ("relative", "absolute")
+LOSSES = ("ce", "softmax_bce")
 
 
 def catchup_mix_features(
@@ -37,15 +41,17 @@ def catchup_mix_features(
     if rfi not in RFI_MODES:
         raise ValueError(f"unknown rfi {rfi!r}; use one of {RFI_MODES}")
     batch, channels = features.shape[:2]
-    perm = perm.to(features.device)
+    perm = perm.to(features.device, non_blocking=True)
     kept = math.floor(lam * channels)
     with torch.no_grad():
         if selection == "random":
             device = generator.device if generator is not None else features.device
-            score = torch.rand(batch, channels, generator=generator, device=device).to(features.device)
+            score = torch.rand(batch, channels, generator=generator, device=device)
+            score = score.to(features.device, non_blocking=True)
         else:
-            # float32 norms: bf16 sums over H*W would reorder near-equal channels at random.
-            norms = torch.linalg.vector_norm(features.detach().float().flatten(2), dim=2)
+            # norms accumulated in float32 (bf16 sums over H*W would reorder near-equal channels at random),
+            # without a float32 copy of the features
+            norms = torch.linalg.vector_norm(features.detach().flatten(2), dim=2, dtype=torch.float32)
             if rfi == "relative":
                 norms = norms / norms.sum(dim=1, keepdim=True).clamp_min(1e-12)
             influence = norms - norms[perm]
@@ -56,25 +62,60 @@ def catchup_mix_features(
     return torch.where(keep_own, features, features[perm])
 
 
+def mixed_targets(targets_a: torch.Tensor, targets_b: torch.Tensor, lam, num_classes: int) -> torch.Tensor:
+    """The references' `target_reweighted`: lam * onehot(targets_a) + (1 - lam) * onehot(targets_b).
+
+    lam: a float, or a (B,) tensor of per-sample weights (PuzzleMix-style masks). Returns (B, num_classes).
+    """
+    one_hot_a = F.one_hot(targets_a, num_classes).float()
+    if isinstance(lam, int | float) and lam == 1:
+        return one_hot_a
+    one_hot_b = F.one_hot(targets_b, num_classes).float()
+    if isinstance(lam, torch.Tensor):
+        lam = lam.to(one_hot_a.device, torch.float32, non_blocking=True).reshape(-1, 1)
+    return torch.lerp(one_hot_b, one_hot_a, lam)
+
+
+def soft_target_loss(logits: torch.Tensor, targets: torch.Tensor, loss: str = "ce",
+                     label_smoothing: float = 0.0) -> torch.Tensor:
+    """The training loss against a (B, num_classes) target distribution, averaged over the batch.
+
+    loss="ce": cross-entropy, -sum_c t_c log softmax(logits)_c; with mixed targets it equals
+    lam * CE(y_a) + (1 - lam) * CE(y_b). loss="softmax_bce": binary cross-entropy of the softmax output
+    against the target, averaged over batch AND classes, as PuzzleMix and Co-Mixup train every method
+    (`nn.BCELoss()(softmax(output), target_reweighted)`). label_smoothing mixes the target with the
+    uniform distribution first.
+    """
+    if loss not in LOSSES:
+        raise ValueError(f"unknown loss {loss!r}; use one of {LOSSES}")
+    if logits.shape != targets.shape:
+        raise ValueError(f"logits {tuple(logits.shape)} and targets {tuple(targets.shape)} must have one shape")
+    if label_smoothing:
+        targets = targets * (1 - label_smoothing) + label_smoothing / targets.shape[1]
+    if loss == "ce":
+        return F.cross_entropy(logits, targets)
+    return F.binary_cross_entropy(F.softmax(logits, dim=1), targets)
+
+
 def mixed_cross_entropy(
     logits: torch.Tensor,
     targets_a: torch.Tensor,
     targets_b: torch.Tensor,
-    lam: float,
+    lam,
     label_smoothing: float = 0.0,
 ) -> torch.Tensor:
-    """lam * CE(logits, targets_a) + (1 - lam) * CE(logits, targets_b), averaged over the batch."""
-    loss_a = F.cross_entropy(logits, targets_a, label_smoothing=label_smoothing)
-    if lam == 1:  # unmixed batch: skip the second loss, it has weight 0
-        return loss_a
-    loss_b = F.cross_entropy(logits, targets_b, label_smoothing=label_smoothing)
-    return lam * loss_a + (1 - lam) * loss_b
+    """lam * CE(logits, targets_a) + (1 - lam) * CE(logits, targets_b), averaged over the batch.
+
+    lam: a float or a (B,) tensor of per-sample weights.
+    """
+    targets = mixed_targets(targets_a, targets_b, lam, logits.shape[1])
+    return soft_target_loss(logits, targets, "ce", label_smoothing)
 
 
 def mixup(inputs: torch.Tensor, lam: float, perm: torch.Tensor) -> torch.Tensor:
     """Input or Manifold Mixup: the convex combination lam * x + (1 - lam) * x[perm]."""
     _check_mix_arguments(inputs, lam, perm)
-    return torch.lerp(inputs[perm.to(inputs.device)], inputs, lam)
+    return torch.lerp(inputs[perm.to(inputs.device, non_blocking=True)], inputs, lam)
 
 
 def cutmix(
@@ -95,7 +136,7 @@ def cutmix(
     y0, y1 = max(centre_y - cut_h // 2, 0), min(centre_y + cut_h // 2, height)
     x0, x1 = max(centre_x - cut_w // 2, 0), min(centre_x + cut_w // 2, width)
     mixed = images.clone()
-    mixed[:, :, y0:y1, x0:x1] = images[perm.to(images.device), :, y0:y1, x0:x1]
+    mixed[:, :, y0:y1, x0:x1] = images[perm.to(images.device, non_blocking=True), :, y0:y1, x0:x1]
     return mixed, 1.0 - (y1 - y0) * (x1 - x0) / (height * width)
 
 
@@ -109,7 +150,7 @@ def _check_mix_arguments(tensor: torch.Tensor, lam: float, perm: torch.Tensor) -
         raise ValueError(f"perm must have shape ({batch},) to match the batch, got {tuple(perm.shape)}")
     if perm.dtype.is_floating_point or perm.dtype == torch.bool:
         raise ValueError(f"perm must hold integer indices, got dtype {perm.dtype}")
-    # A partner index used twice would silently mix one sample into two others: refuse it. The
-    # methods pass a CPU perm, so this costs no device synchronisation.
-    if not torch.equal(perm.sort().values.cpu(), torch.arange(batch)):
+    # A partner index used twice would silently mix one sample into two others: refuse it. Checked on a
+    # CPU perm only; a perm already on the GPU is trusted (see the module docstring).
+    if perm.device.type == "cpu" and not torch.equal(perm.sort().values, torch.arange(batch)):
         raise ValueError("perm must be a permutation of range(batch size), e.g. torch.randperm(batch)")

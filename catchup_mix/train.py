@@ -6,7 +6,6 @@ checkpoint and log. Everything random comes from three seeded sources saved in e
 initial weights), so `resume=True` continues an interrupted run exactly.
 """
 
-import contextlib
 import math
 import os
 import statistics
@@ -21,13 +20,14 @@ import torch.distributed as dist
 
 from . import data, methods, models, provenance
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint, write_json, write_jsonl
-from .config import Config, ConfigError, to_dict
+from .config import Config, ConfigError, resolve_runtime, to_dict
 from .evaluate import evaluate
-from .ops import mixed_cross_entropy
+from .ops import soft_target_loss
+from .precision import autocast_for, grad_scaler
 
 # Keys that may differ between an interrupted run and its resumption: where and how it runs,
-# never what it computes.
-RESUMABLE_DIFFERENCES = {"data_root", "download", "device", "compile", "output_dir", "log_every"}
+# never what it computes. The device type and precision are not among them (see resolve_runtime).
+RESUMABLE_DIFFERENCES = {"data_root", "download", "compile", "output_dir", "log_every"}
 
 
 class NonFiniteLossError(RuntimeError):
@@ -53,39 +53,32 @@ def lr_factor(config: Config, epoch_progress: float) -> float:
     return 0.1 + 0.9 * fraction / 0.25 if fraction < 0.25 else (1 - fraction) / 0.75
 
 
-def autocast_for(device: torch.device, amp: bool = True):
-    """A factory of autocast contexts: bf16 on CUDA when amp is on, a no-op otherwise (the CPU)."""
-    if amp and device.type == "cuda":
-        return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext
+def train_step(model, method, images, labels, optimizer, generator, autocast, loss="ce", label_smoothing=0.0,
+               scaler=None):
+    """One SGD step of any method; returns the (detached) loss and the mixing layer drawn.
 
-
-def train_step(model, method, images, labels, optimizer, generator, autocast, label_smoothing=0.0):
-    """One SGD step of any method; returns the (detached) loss and the mixing layer drawn."""
-    batch = method(images, labels, generator=generator)
+    scaler: the GradScaler of fp16 training (precision.grad_scaler), or None.
+    """
+    batch = method(images, labels, generator=generator, model=model)
     with autocast():
         logits = model(batch.inputs, feature_hook=batch.feature_hook)
-    # batch.lam is read after the forward: Catch-up Mix's label="channels" sets it in the hook.
-    loss = mixed_cross_entropy(logits.float(), batch.targets_a, batch.targets_b, batch.lam, label_smoothing)
+    # read after the forward: Catch-up Mix's label="channels" sets batch.lam in the hook
+    targets = batch.target_distribution(logits.shape[1])
+    value = soft_target_loss(logits.float(), targets, loss, label_smoothing)
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    return loss.detach(), batch.layer
-
-
-def load_dataset(config: Config) -> data.Dataset:
-    """The run's data. The synthetic data is always generated from seed 0: it is a fixed benchmark, and
-    the run's seed varies only the training (order, augmentation, mixing, initial weights)."""
-    return data.load(config.dataset, config.data_root, download=config.download, num_classes=config.num_classes,
-                     train_per_class=config.train_per_class, test_per_class=config.test_per_class)
+    if scaler is None:
+        value.backward()
+        optimizer.step()
+    else:
+        scaler.scale(value).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    return value.detach(), batch.layer
 
 
 def pick_device(config: Config, local_rank: int) -> torch.device:
-    if config.device == "cpu" or (config.device == "auto" and not torch.cuda.is_available()):
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        raise RuntimeError("device=cuda was asked for, but torch sees no CUDA GPU; use device=cpu or auto")
-    return torch.device("cuda", local_rank)
+    """The torch device of a config whose device is resolved (see resolve_runtime)."""
+    return torch.device("cpu") if config.device == "cpu" else torch.device("cuda", local_rank)
 
 
 def setup_distributed(config: Config) -> tuple[int, int, torch.device]:
@@ -128,6 +121,7 @@ def check_resumable(saved: dict, config: Config, path: Path, world_size: int) ->
 
 def train(config: Config, resume: bool = False) -> dict:
     """Train and evaluate as `config` says; return the summary (also written to summary.json)."""
+    config = resolve_runtime(config)  # device and precision as run, recorded in checkpoints and summaries
     rank, world_size, device = setup_distributed(config)
     is_main = rank == 0
     run_dir = Path(config.output_dir)
@@ -139,7 +133,7 @@ def train(config: Config, resume: bool = False) -> dict:
     set_determinism(config, device)
 
     # Data: whole splits in memory (on the GPU when there is one); augmentation on batches.
-    dataset = load_dataset(config)
+    dataset = data.from_config(config)
     data_generator = torch.Generator().manual_seed(derive_seed(config.seed, "data"))
     mixing_generator = torch.Generator().manual_seed(derive_seed(config.seed, "mixing", rank))
     loader_options = dict(
@@ -166,6 +160,7 @@ def train(config: Config, resume: bool = False) -> dict:
     method = methods.build(config.method, num_hook_points=model.num_hook_points, **config.method_options)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                                 nesterov=config.nesterov, weight_decay=config.weight_decay)
+    scaler = grad_scaler(config.precision)
     steps_per_epoch = len(train_loader)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(config, step / steps_per_epoch))
 
@@ -179,6 +174,8 @@ def train(config: Config, resume: bool = False) -> dict:
         data_generator.set_state(saved["data_generator"])
         mixing_generator.set_state(saved["mixing_generators"][rank])
         torch.set_rng_state(saved["torch_rng"])
+        if scaler is not None:
+            scaler.load_state_dict(saved["scaler"])
         start_epoch, history = saved["epoch"] + 1, saved["history"]
         if is_main:
             print(f"resuming {run_dir} after epoch {saved['epoch']}", flush=True)
@@ -193,7 +190,7 @@ def train(config: Config, resume: bool = False) -> dict:
         # after a warm-up of one compile per layer and shape (about 8 steps) no step recompiled,
         # whatever lambda and partners a batch drew.
         trained_model = torch.compile(trained_model)
-    autocast = autocast_for(device, config.amp)
+    autocast = autocast_for(device, config.precision)
 
     info = provenance.collect(device, world_size)
     if is_main:
@@ -207,7 +204,7 @@ def train(config: Config, resume: bool = False) -> dict:
     best_top1 = max((row["test_top1"] for row in history), default=-1.0)
     for epoch in range(start_epoch, config.epochs + 1):
         row = train_epoch(trained_model, method, train_loader, optimizer, scheduler, mixing_generator,
-                          autocast, config, epoch, device, show=is_main)
+                          autocast, scaler, config, epoch, device, show=is_main)
         test = evaluate(model, test_loader, device, autocast)
         row.update({f"test_{key}": value for key, value in test.items() if key != "n"})
         history.append(row)
@@ -222,6 +219,7 @@ def train(config: Config, resume: bool = False) -> dict:
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "data_generator": data_generator.get_state(), "mixing_generators": generator_states,
                 "torch_rng": torch.get_rng_state(), "history": history, "provenance": info,
+                "scaler": None if scaler is None else scaler.state_dict(),
             }
             save_checkpoint(last_path, state)
             if row["test_top1"] > best_top1:
@@ -245,7 +243,8 @@ def train(config: Config, resume: bool = False) -> dict:
     return summary
 
 
-def train_epoch(model, method, loader, optimizer, scheduler, generator, autocast, config, epoch, device, show):
+def train_epoch(model, method, loader, optimizer, scheduler, generator, autocast, scaler, config, epoch, device,
+                show):
     model.train()
     loss_sum = torch.zeros((), device=device)
     # Index of the first step whose loss was not finite, checked only every log_every steps, so
@@ -256,8 +255,8 @@ def train_epoch(model, method, loader, optimizer, scheduler, generator, autocast
     started = time.perf_counter()
     images_seen = 0
     for step, (images, labels) in enumerate(loader, start=1):
-        loss, layer = train_step(model, method, images, labels, optimizer, generator, autocast,
-                                 config.label_smoothing)
+        loss, layer = train_step(model, method, images, labels, optimizer, generator, autocast, config.loss,
+                                 config.label_smoothing, scaler)
         scheduler.step()
         loss_sum += loss
         first_bad_step = torch.where((first_bad_step < 0) & ~torch.isfinite(loss), step, first_bad_step)
@@ -304,7 +303,7 @@ def _raise_if_not_finite(first_bad_step: torch.Tensor, epoch: int) -> None:
     if bad >= 0:
         raise NonFiniteLossError(
             f"loss became NaN or inf at epoch {epoch}, step {bad}. Stopped without saving; the last good "
-            "checkpoint is untouched. Lower lr, check the data, or disable amp."
+            "checkpoint is untouched. Lower lr, check the data, or train in precision=fp32."
         )
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from catchup_mix.checkpoint import write_json
 
 from .artifacts import ARTIFACTS, Settings
-from .runner import execute, stored_result
+from .runner import execute, find_result
 
 # Rough cost model for `list`: FLOPs of the training (3x forward per image) and the per-epoch test
 # pass, at an assumed sustained 60 TFLOP/s in bf16 on one H100. Not measured: a planning figure only.
@@ -73,7 +73,7 @@ def reproduce(name: str, settings: Settings, dry_run: bool, tables_only: bool) -
         if artifact.measure:
             print(f"# then: {artifact.measure.__name__} (a measurement after the runs)")
         return
-    fetch = stored_result if tables_only else execute
+    fetch = find_result if tables_only else execute
     results = [(run, fetch(run, settings.out)) for run in runs]
     measurement_key = hashlib.sha256(json.dumps(sorted(r.key for r in runs)).encode()).hexdigest()[:12]
     measurement_path = settings.out / "results" / name / settings.scale / f"measurement-{measurement_key}.json"

@@ -8,7 +8,6 @@ import torch
 from catchup_mix import data, models, ops, provenance
 from catchup_mix.checkpoint import load_checkpoint
 from catchup_mix.config import make_config
-from catchup_mix.train import load_dataset
 
 LAM = 0.5
 
@@ -20,7 +19,7 @@ def _rounded(tensor: torch.Tensor, digits: int = 4):
 def measure(run_dir, run_config: dict) -> dict:
     saved = load_checkpoint(run_dir / "checkpoints" / "last.pt")
     config = make_config({**saved["config"], "data_root": run_config.get("data_root")})
-    dataset = load_dataset(config)
+    dataset = data.from_config(config)
     model = models.build(config.model, dataset.num_classes, image_size=dataset.crop_size, width=config.width)
     model.load_state_dict(saved["model"])
     model.eval()

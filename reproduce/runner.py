@@ -4,8 +4,10 @@ run from several processes side by side (one per GPU), each taking the runs no o
 Layout under the output folder (the repository by default):
     runs/<scale>/<key>/              the trainer's run folder (checkpoints, logs); never committed
     results/<artifact>/<scale>/<name>-<key>.json   what the tables are made from, with provenance
-The key hashes everything that changes the numbers (not where data lies or which device runs it), so
-an artifact that asks for a run another artifact already made finds it done.
+The key hashes everything that changes the numbers, the device type and precision included (not where
+data lies), so an artifact that asks for a run another artifact already made finds it done, and a CPU fp32
+result is never taken for a GPU bf16 one. A result stored before a config key was added is still found:
+its stored config, read with today's defaults, gives today's key (`find_result`).
 """
 
 import contextlib
@@ -19,10 +21,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from catchup_mix.checkpoint import write_json
-from catchup_mix.config import make_config, to_dict
+from catchup_mix.config import ConfigError, make_config, resolve_runtime, to_dict
 
 # Config keys that say where or how a run executes, not what it computes: left out of the key.
-NOT_IN_KEY = ("output_dir", "data_root", "download", "device", "compile", "log_every")
+NOT_IN_KEY = ("output_dir", "data_root", "download", "compile", "log_every")
+
+
+def run_key(values: dict) -> str:
+    """Hash of the fully resolved config (defaults, device type and precision included), so a changed
+    default or another precision is a new run."""
+    resolved = to_dict(resolve_runtime(make_config(values)))
+    identity = {k: v for k, v in resolved.items() if k not in NOT_IN_KEY}
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
 
 
 @dataclass(frozen=True)
@@ -35,10 +45,7 @@ class Run:
 
     @functools.cached_property  # resolving the config builds a meta-device model: once per run is enough
     def key(self) -> str:
-        """Hash of the fully resolved config (defaults included), so a changed default is a new run."""
-        resolved = to_dict(make_config({**self.config, "seed": self.seed}))
-        identity = {k: v for k, v in resolved.items() if k not in NOT_IN_KEY}
-        return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
+        return run_key({**self.config, "seed": self.seed})
 
     @property
     def name(self) -> str:
@@ -63,10 +70,10 @@ def execute(run: Run, out: Path) -> dict | None:
     """The run's result, training it first if needed; None if another process is training it now."""
     from catchup_mix.train import train
 
-    result_path = run.result_path(out)
-    if result_path.exists():
-        return json.loads(result_path.read_text())
-    run_dir = run.run_dir(out)
+    result = find_result(run, out)
+    if result is not None:
+        return result
+    result_path, run_dir = run.result_path(out), run.run_dir(out)
     with _exclusive(run_dir) as mine:
         if not mine:
             print(f"[{run.artifact}] {run.name}: being trained by another process, skipped here", flush=True)
@@ -85,10 +92,20 @@ def execute(run: Run, out: Path) -> dict | None:
         return result
 
 
-def stored_result(run: Run, out: Path) -> dict | None:
-    """The run's result if it has been made, without training anything."""
+def find_result(run: Run, out: Path) -> dict | None:
+    """The run's stored result, or None: the file of its key, or a file of the same run name whose stored
+    config gives the same key today (written before a config key with a neutral default was added)."""
     path = run.result_path(out)
-    return json.loads(path.read_text()) if path.exists() else None
+    if path.exists():
+        return json.loads(path.read_text())
+    for candidate in sorted(path.parent.glob(f"{run.name}-*.json")):
+        result = json.loads(candidate.read_text())
+        try:
+            if run_key(result["summary"]["config"]) == run.key:
+                return result
+        except (ConfigError, KeyError):  # a key that no longer exists, or not a run result
+            continue
+    return None
 
 
 @contextlib.contextmanager

@@ -287,7 +287,7 @@ def test_cifar_conversion_and_subset(tmp_path, monkeypatch):
             self.data[..., 1] = np.arange(n)[:, None, None]  # green = index
             self.data[..., 2] = 7
 
-    monkeypatch.setitem(data._CIFAR, "cifar10", (FakeCIFAR, "cifar-10-batches-py", *data._CIFAR["cifar10"][2:]))
+    monkeypatch.setitem(data.files._CIFAR, "cifar10", (FakeCIFAR, "cifar-10-batches-py", *data.files._CIFAR["cifar10"][2:]))
     (tmp_path / "cifar-10-batches-py").mkdir()
     ds = data.load("cifar10", tmp_path, num_classes=3, train_per_class=2)
     assert ds.classes == ["class0", "class1", "class2"] and ds.train.images.shape == (6, 3, 32, 32)

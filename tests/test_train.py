@@ -106,7 +106,7 @@ def test_resume_with_a_different_config_is_refused_and_overwrites_nothing(tmp_pa
 
 
 def test_nan_loss_stops_with_epoch_and_step_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
-    real_loss = train_module.mixed_cross_entropy
+    real_loss = train_module.soft_target_loss
     calls = []
 
     def loss_that_breaks(*args, **kwargs):
@@ -114,7 +114,7 @@ def test_nan_loss_stops_with_epoch_and_step_and_keeps_last_good_checkpoint(tmp_p
         loss = real_loss(*args, **kwargs)
         return loss * float("nan") if len(calls) == 6 + 3 else loss  # epoch 2 (6 steps/epoch), step 3
 
-    monkeypatch.setattr(train_module, "mixed_cross_entropy", loss_that_breaks)
+    monkeypatch.setattr(train_module, "soft_target_loss", loss_that_breaks)
     with pytest.raises(NonFiniteLossError, match="epoch 2, step 3"):
         train(tiny(tmp_path))
     saved = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
@@ -273,7 +273,7 @@ def test_two_process_distributed_run_on_cpu(tmp_path):
     [("cifar10-jpeg", "imagefolder", 10), ("tiny-imagenet-200", "tiny_imagenet", 5)],
 )
 def test_short_run_on_real_data(tmp_path, shared_data_dir, folder, dataset, classes):
-    from catchup_mix.__main__ import evaluate_checkpoint
+    from catchup_mix.evaluate import evaluate_checkpoint
 
     config = make_config(dict(
         dataset=dataset, data_root=str(shared_data_dir / folder), num_classes=classes, train_per_class=20,
