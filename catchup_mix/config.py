@@ -33,6 +33,7 @@ class Config:
     num_classes: int | None = None  # keep only the first N classes (smoke runs); None = all
     train_per_class: int | None = None  # keep the first n training images per class; None = all
     test_per_class: int | None = None
+    crop_padding: int | None = None  # zero padding before the random training crop; None = the dataset's own
     # model
     model: str = "preactresnet18"
     width: int | None = None  # base channels; None = the paper's width
@@ -62,6 +63,7 @@ class Config:
     channels_last: bool = True  # on CUDA
     compile: bool = False  # torch.compile the model
     output_dir: str = "runs/default"
+    eval_every: int = 1  # test every k epochs, and at each of the last 10 epochs
     log_every: int = 50  # steps between progress updates and finite-loss checks
 
 
@@ -159,7 +161,7 @@ def validate(config: Config) -> None:
     check(config.loss in LOSSES, f"unknown loss {config.loss!r}; use one of {', '.join(LOSSES)}")
     check(not (config.device == "cpu" and config.precision in ("bf16", "fp16")),
           f"precision={config.precision} is for GPUs; on the CPU use precision=fp32 (or auto)")
-    for key in ("epochs", "batch_size", "log_every"):
+    for key in ("epochs", "batch_size", "log_every", "eval_every"):
         check(getattr(config, key) >= 1, f"{key} must be >= 1, got {getattr(config, key)}")
     for key in ("lr", "weight_decay", "momentum", "warmup_epochs", "label_smoothing"):
         value = getattr(config, key)
@@ -168,6 +170,8 @@ def validate(config: Config) -> None:
     check(config.label_smoothing < 1, f"label_smoothing must be < 1, got {config.label_smoothing}")
     check(0 < config.gamma <= 1, f"gamma must lie in (0, 1], got {config.gamma}")
     check(all(m >= 1 for m in config.milestones), f"milestones must be epochs >= 1, got {config.milestones}")
+    check(config.crop_padding is None or config.crop_padding >= 0,
+          f"crop_padding must be >= 0 or null, got {config.crop_padding}")
     for key in ("num_classes", "train_per_class", "test_per_class", "width"):
         value = getattr(config, key)
         check(value is None or value >= 1, f"{key} must be >= 1 or null, got {value}")

@@ -1,5 +1,6 @@
 """Where a number came from: code version, software, hardware."""
 
+import functools
 import os
 import platform
 import socket
@@ -13,6 +14,7 @@ import torch
 REPOSITORY = Path(__file__).resolve().parent.parent
 
 
+@functools.cache  # asked once per process: the code a long process runs is what it loaded at its start
 def git_state() -> dict:
     """The commit of the checkout that holds this package and whether it has uncommitted changes."""
 

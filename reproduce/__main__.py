@@ -3,21 +3,26 @@
     python -m reproduce list
     python -m reproduce table1 --scale smoke                 # minutes on a CPU, built-in data
     python -m reproduce table1 --scale paper --data-root data/ --seeds 0 1 2
+    python -m reproduce evidence --scale medium --data-root DIR/cifar10-jpeg --budget-minutes 60 --log ev.log
     python -m reproduce all --scale smoke --tables-only      # tables and figures from stored results
 
 Finished runs are cached and interrupted ones resume; several processes (one per GPU, e.g. with
-CUDA_VISIBLE_DEVICES) can work through the same artifact side by side.
+CUDA_VISIBLE_DEVICES) can work through the same artifact side by side, and the last one to finish
+renders the complete table.
 """
 
 import argparse
 import hashlib
 import json
+import statistics
 import sys
+import time
 from pathlib import Path
 
 from catchup_mix.checkpoint import write_json
+from catchup_mix.config import ConfigError, parse_overrides
 
-from .artifacts import ARTIFACTS, Settings
+from .artifacts import ARTIFACTS, SCALES, Settings
 from .runner import execute, find_result
 
 # Rough cost model for `list`: FLOPs of the training (3x forward per image) and the per-epoch test
@@ -53,28 +58,45 @@ def list_artifacts(names_only: bool) -> None:
     if names_only:
         print("\n".join(ARTIFACTS))
         return
-    paper = Settings("paper", [0, 1, 2], Path("."))
-    print(f"{'artifact':<14} {'runs (3 seeds)':>14} {'H100 hours':>10}  what it reproduces (scales: smoke, paper)")
+    print(f"{'artifact':<16} {'scales':<20} {'runs (3 seeds)':>14} {'H100 hours':>10}  what it reproduces")
     for name, artifact in ARTIFACTS.items():
-        runs = len(artifact.plan(paper))
-        print(f"{name:<14} {runs:>14} {gpu_hours(artifact, paper):>10.1f}  {artifact.reproduces}")
-    print(f"\nH100 hours: a rough estimate from the networks' FLOPs at an assumed {ASSUMED_TFLOPS} TFLOP/s "
-          "sustained (bf16), not a measurement; shared runs (e.g. figure_mixing reuses table1's) count in each.")
+        largest = artifact.scales[-1]
+        settings = Settings(largest, [0, 1, 2], Path("."))
+        hours = f"{gpu_hours(artifact, settings):.1f}" if largest == "paper" else "CPU"
+        print(f"{name:<16} {'/'.join(artifact.scales):<20} {len(artifact.plan(settings)):>14} {hours:>10}  "
+              f"{artifact.reproduces}")
+    print(f"\nRuns and hours at each artifact's largest scale. H100 hours: a rough estimate from the networks' "
+          f"FLOPs at an assumed {ASSUMED_TFLOPS} TFLOP/s sustained (bf16), not a measurement; shared runs (e.g. "
+          "figure_mixing reuses table1's) count in each. CPU: the medium scale, measured on 2 CPU cores: about "
+          "15-20 minutes per run.")
 
 
-def reproduce(name: str, settings: Settings, dry_run: bool, tables_only: bool) -> None:
+def reproduce(name: str, settings: Settings, dry_run: bool, tables_only: bool, budget_minutes: float | None = None,
+              started: float | None = None) -> None:
     artifact = ARTIFACTS[name]
-    runs = artifact.plan(settings)
+    runs = artifact.runs(settings)
     if dry_run:
         print(f"# {name} at {settings.scale} scale: {len(runs)} runs")
         for run in runs:
-            state = "done" if run.result_path(settings.out).exists() else "to run"
+            state = "done" if find_result(run, settings.out) else "to run"
             print(f"# {run.name} [{run.key}, {state}]\n{run.command(settings.out)}")
         if artifact.measure:
             print(f"# then: {artifact.measure.__name__} (a measurement after the runs)")
         return
-    fetch = find_result if tables_only else execute
-    results = [(run, fetch(run, settings.out)) for run in runs]
+    if not tables_only:
+        started = time.monotonic() if started is None else started
+        for index, run in enumerate(runs, 1):
+            if find_result(run, settings.out) is not None:
+                continue
+            if budget_minutes is not None and not _fits(budget_minutes, started, runs, settings.out):
+                print(f"[{name}] time budget of {budget_minutes:g} min reached: stopping before run {index} of "
+                      f"{len(runs)}; run the same command again to continue", flush=True)
+                break
+            print(f"[{name}] run {index} of {len(runs)}: {run.name}", flush=True)
+            execute(run, settings.out)
+    # Read every result from disk now, not from what this process trained: where several processes share
+    # an artifact, the last one to finish renders every run that any of them finished.
+    results = [(run, find_result(run, settings.out)) for run in runs]
     measurement_key = hashlib.sha256(json.dumps(sorted(r.key for r in runs)).encode()).hexdigest()[:12]
     measurement_path = settings.out / "results" / name / settings.scale / f"measurement-{measurement_key}.json"
     measurement = json.loads(measurement_path.read_text()) if measurement_path.exists() else None
@@ -84,15 +106,50 @@ def reproduce(name: str, settings: Settings, dry_run: bool, tables_only: bool) -
     done = sum(result is not None for _, result in results)
     for path in artifact.render(settings, results, measurement):
         print(f"[{name}] wrote {path}")
-    print(f"[{name}] {done} of {len(runs)} runs done at {settings.scale} scale")
+    print(f"[{name}] {done} of {len(runs)} runs done at {settings.scale} scale", flush=True)
+
+
+def _fits(budget_minutes: float, started: float, runs, out: Path) -> bool:
+    """Whether another run fits in the budget: the time left must cover the median wall time of the runs
+    finished so far (any run fits while none has finished)."""
+    left = budget_minutes * 60 - (time.monotonic() - started)
+    times = [result["summary"].get("wall_time_s", result["summary"]["train_time_s"])
+             for result in (find_result(run, out) for run in runs) if result is not None]
+    return left > (statistics.median(times) if times else 0.0)
+
+
+class _Tee:
+    """Writes to the terminal and to a log file, each line stamped with the time in the file."""
+
+    def __init__(self, stream, log):
+        self.stream, self.log, self.at_line_start = stream, log, True
+
+    def write(self, text: str) -> int:
+        self.stream.write(text)
+        for piece in text.splitlines(keepends=True):
+            if self.at_line_start:
+                self.log.write(time.strftime("%Y-%m-%d %H:%M:%S "))
+            self.log.write(piece)
+            self.at_line_start = piece.endswith("\n")
+        self.log.flush()
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+        self.log.flush()
+
+    def isatty(self) -> bool:  # progress bars only on a real terminal: the log would fill with them
+        return False
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m reproduce", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("artifact", choices=["list", "all", *ARTIFACTS], help="what to reproduce")
-    parser.add_argument("--scale", choices=["smoke", "paper"], default="smoke")
-    parser.add_argument("--seeds", type=int, nargs="+", help="default: 0 at smoke scale (minutes), 0 1 2 at paper scale")
+    parser.add_argument("--scale", choices=SCALES, default="smoke",
+                        help="smoke: minutes on a CPU; medium: CPU hours on real data (evidence); paper: GPU days")
+    parser.add_argument("--seeds", type=int, nargs="+",
+                        help="default: 0 at smoke scale, 0 1 2 at medium and paper scale")
     parser.add_argument("--data-root", help="dataset folder (paper: e.g. the folder holding cifar-100-python; "
                                             "smoke: a real dataset to use instead of the built-in synthetic data)")
     parser.add_argument("--out", type=Path, default=Path("."), help="where runs/, results/, tables/, figures/ go")
@@ -101,13 +158,37 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tables-only", action="store_true", help="tables and figures from stored results only")
     parser.add_argument("--allow-cpu", action="store_true", help="run paper scale without a GPU (very slow)")
     parser.add_argument("--names", action="store_true", help="with list: only the artifact names")
+    parser.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                        help="override config keys of every run, e.g. --set device=cuda (a new run key: results "
+                             "of other settings are not reused)")
+    parser.add_argument("--budget-minutes", type=float,
+                        help="start no run after this many minutes, nor one that would not finish in them "
+                             "(judged by the median time of the runs already done); run again to continue")
+    parser.add_argument("--log", type=Path, help="also append everything printed to this file, time-stamped")
     args = parser.parse_args(argv)
 
     if args.artifact == "list":
         list_artifacts(args.names)
         return 0
+    if args.log:
+        args.log.parent.mkdir(parents=True, exist_ok=True)
+        log = open(args.log, "a")  # open for the life of the process
+        sys.stdout, sys.stderr = _Tee(sys.stdout, log), _Tee(sys.stderr, log)
     seeds = args.seeds or ([0] if args.scale == "smoke" else [0, 1, 2])
-    settings = Settings(args.scale, seeds, args.out, args.data_root, args.download)
+    try:
+        overrides = parse_overrides(args.set)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    settings = Settings(args.scale, seeds, args.out, args.data_root, args.download, overrides)
+    names = list(ARTIFACTS) if args.artifact == "all" else [args.artifact]
+    unsupported = [name for name in names if args.scale not in ARTIFACTS[name].scales]
+    if args.artifact == "all":
+        names = [name for name in names if name not in unsupported]
+    elif unsupported:
+        print(f"error: {args.artifact} has no {args.scale} scale; its scales: "
+              f"{', '.join(ARTIFACTS[args.artifact].scales)}", file=sys.stderr)
+        return 2
     if args.scale == "paper" and not (args.dry_run or args.tables_only or args.allow_cpu):
         import torch
 
@@ -115,8 +196,13 @@ def main(argv: list[str] | None = None) -> int:
             print("error: paper scale trains for GPU-days and no GPU is visible; use --scale smoke, or "
                   "--allow-cpu if you really mean it", file=sys.stderr)
             return 2
-    for name in ARTIFACTS if args.artifact == "all" else [args.artifact]:
-        reproduce(name, settings, args.dry_run, args.tables_only)
+    started = time.monotonic()
+    try:
+        for name in names:
+            reproduce(name, settings, args.dry_run, args.tables_only, args.budget_minutes, started)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     return 0
 
 

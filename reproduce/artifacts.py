@@ -4,29 +4,34 @@ An artifact says which training runs it needs at each scale (`plan`), optionally
 from them (`measure`: timings, feature maps), and writes its tables and figures (`render`). Tables
 take their rows from the method registry, so a newly registered method joins every table.
 
-Scales: `paper` uses the presets of method.md; `smoke` shrinks widths, data and epochs so an
+Scales: `paper` uses the presets of docs/protocols.md; `smoke` shrinks widths, data and epochs so an
 artifact finishes in minutes on 2 CPU cores, on the built-in synthetic data or, with --data-root,
-on a subset of real data of the same size (5 classes, 100 training and 40 test images each).
+on a subset of real data of the same size (5 classes, 100 training and 40 test images each); `medium`
+(the evidence artifact only) trains for CPU hours on real data, long enough for regularisation to pay.
 """
 
+import dataclasses
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from catchup_mix import methods
 from catchup_mix.config import PRESETS
 
-from . import report
+from . import evidence, report
 from .runner import Run
+
+SCALES = ("smoke", "medium", "paper")
 
 
 @dataclass
 class Settings:
-    scale: str  # "smoke" or "paper"
+    scale: str  # one of SCALES
     seeds: list[int]
     out: Path  # where runs/, results/, tables/ and figures/ go
     data_root: str | None = None
     download: bool = False
+    overrides: dict = field(default_factory=dict)  # --set KEY=VALUE, applied to every run's config
 
 
 @dataclass
@@ -37,6 +42,20 @@ class Artifact:
     render: Callable[[Settings, list, dict | None], list[Path]]  # (settings, [(run, result)], measurement)
     measure: Callable[[Settings, list], dict] | None = None  # extra measurement after the runs
     paper_gpu_hours: Callable[[Settings], float] | None = None  # for artifacts that are not training runs
+    scales: tuple[str, ...] = ("smoke", "paper")
+
+    def runs(self, settings: Settings) -> list[Run]:
+        """The plan with the command line's --set overrides (a dict value updates a dict-valued key)."""
+        return [dataclasses.replace(run, config=with_overrides(run.config, settings.overrides))
+                for run in self.plan(settings)]
+
+
+def with_overrides(config: dict, overrides: dict) -> dict:
+    merged = dict(config)
+    for key, value in overrides.items():
+        both_dicts = isinstance(value, dict) and isinstance(merged.get(key), dict)
+        merged[key] = {**merged[key], **value} if both_dicts else value
+    return merged
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -234,6 +253,11 @@ def render_figure_mixing(settings, results, measurement):
     return mixing_figure.render(settings, measurement)
 
 
+def plan_evidence(settings: Settings) -> list[Run]:
+    smoke = with_model({**SMOKE_TRAINING, **smoke_data(settings)}, "preactresnet18", "smoke")
+    return evidence.plan_evidence(settings, smoke)
+
+
 ARTIFACTS = {
     artifact.name: artifact
     for artifact in [
@@ -252,5 +276,8 @@ ARTIFACTS = {
         Artifact("figure_mixing", "Figure 2 in data: one real pair's feature maps before and after Catch-up "
                  "Mix at each layer, with channel norms and the mask", plan_figure_mixing, render_figure_mixing,
                  measure=measure_figure_mixing),
+        Artifact("evidence", "does the channel selection matter? Catch-up Mix vs its random/high-channel "
+                 "ablations and the baselines, 3 seeds paired, long schedule on real CIFAR-10 (CPU hours)",
+                 plan_evidence, evidence.render_evidence, scales=("smoke", "medium")),
     ]
 }

@@ -223,11 +223,13 @@ def output_path(settings, kind: str, artifact: str, suffix: str) -> Path:
     return folder / f"{artifact}{suffix}"
 
 
-def write_table(settings, artifact: str, table: Table) -> list[Path]:
+def write_table(settings, artifact: str, table: Table, *more: Table) -> list[Path]:
+    """tables/[smoke/]<artifact>.md and .tex: `table`, then any further tables of the artifact below it."""
     from catchup_mix.checkpoint import atomic_write
 
     paths = [output_path(settings, "tables", artifact, ".md"), output_path(settings, "tables", artifact, ".tex")]
-    for path, text in zip(paths, (to_markdown(table), to_latex(table)), strict=True):
+    for path, render in zip(paths, (to_markdown, to_latex), strict=True):
+        text = "\n".join(render(each) for each in (table, *more))
         atomic_write(path, lambda file, text=text: file.write(text.encode()))
     return paths
 
@@ -313,10 +315,14 @@ def bar_chart(settings, artifact, title, sections, section_title, values: dict, 
             ax.set_ylabel("test top-1 (%), last epoch")
             ax.set_title(section_title(section) or section, fontsize=9)
         ax.grid(axis="x" if horizontal else "y", alpha=0.3)
-    width_chars = int(fig.get_figwidth() * 11)  # about 11 characters of 10 pt text per inch
-    fig.suptitle("\n".join(textwrap.fill(part, width_chars) for part in title.replace(" [", "\n[").split("\n")),
-                 fontsize=10)
+    fig.suptitle(wrap_title(title, fig), fontsize=10)
     return save_figure(settings, artifact, fig, dpi=150)
+
+
+def wrap_title(title: str, fig) -> str:
+    """A figure title broken into lines that fit the figure's width (a "[...]" remark on its own line)."""
+    width_chars = int(fig.get_figwidth() * 11)  # about 11 characters of 10 pt text per inch
+    return "\n".join(textwrap.fill(part, width_chars) for part in title.replace(" [", "\n[").split("\n"))
 
 
 def save_figure(settings, artifact: str, fig, dpi: int) -> list[Path]:

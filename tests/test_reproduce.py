@@ -36,10 +36,10 @@ def tiny_run(seed=0, **changes):
     return Run("table1", "smoke", {"section": "preactresnet18", "method": config["method"]}, config, seed)
 
 
-def test_every_artifact_plans_runs_of_valid_configs_at_both_scales():
-    for scale in ("smoke", "paper"):
-        settings = Settings(scale, [0, 1], Path("."))
-        for name, artifact in ARTIFACTS.items():
+def test_every_artifact_plans_runs_of_valid_configs_at_each_of_its_scales():
+    for name, artifact in ARTIFACTS.items():
+        for scale in artifact.scales:
+            settings = Settings(scale, [0, 1], Path("."))
             runs = artifact.plan(settings)
             assert len({run.key for run in runs}) == len(runs), name  # no run planned twice
             for run in runs:
@@ -133,10 +133,11 @@ def test_list_shows_every_artifact_with_runs_and_hours(capsys):
     lines = capsys.readouterr().out.splitlines()
     for name in ARTIFACTS:
         row = next(line for line in lines if line.startswith(name + " "))
-        runs, hours = row.split()[1:3]
-        assert int(runs) >= 0 and float(hours) > 0
+        scales, runs, hours = row.split()[1:4]
+        assert scales.split("/") == list(ARTIFACTS[name].scales)
+        assert int(runs) >= 0 and (hours == "CPU" if "paper" not in scales else float(hours) > 0)
     table1 = next(line for line in lines if line.startswith("table1 ")).split()
-    assert int(table1[1]) == 3 * 3 * len(methods.available())
+    assert int(table1[2]) == 3 * 3 * len(methods.available())
     assert reproduce_main(["list", "--names"]) == 0
     assert capsys.readouterr().out.split() == list(ARTIFACTS)
 

@@ -39,7 +39,7 @@ def weights(run_dir):
 
 def metrics(run_dir, drop_timing=True):
     rows = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
-    timing = {"images_per_s", "epoch_time_s"}
+    timing = {"images_per_s", "epoch_time_s", "eval_time_s"}
     return [{k: v for k, v in row.items() if not (drop_timing and k in timing)} for row in rows]
 
 
@@ -295,3 +295,12 @@ def test_compiled_training_matches_eager(tmp_path):
     eager = train(tiny(tmp_path, "eager", epochs=1, deterministic=False))
     compiled = train(tiny(tmp_path, "compiled", epochs=1, deterministic=False, compile=True))
     assert compiled["last_nll"] == pytest.approx(eager["last_nll"], rel=1e-3)
+
+
+def test_eval_every_tests_every_kth_epoch_and_each_of_the_last_ten(tmp_path):
+    summary = train(tiny(tmp_path, epochs=14, eval_every=4))
+    rows = metrics(tmp_path / "run")
+    evaluated = [row["epoch"] for row in rows if "test_top1" in row]
+    assert evaluated == [4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14]
+    assert summary["epochs"] == 14 and summary["best_epoch"] in evaluated
+    assert summary["best_top1"] == max(row["test_top1"] for row in rows if "test_top1" in row)
