@@ -2,14 +2,11 @@
 
 import json
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Any
 
 import torch
-
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)  # read the process umask (the only way is to set it) and put it back
 
 
 class CheckpointError(RuntimeError):
@@ -24,8 +21,10 @@ def atomic_write(path: str | Path, write) -> None:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.chmod(temporary, 0o666 & ~_UMASK)  # mkstemp makes it private (0600); give it a normal file's mode
+    # A fresh name, created exclusively with mode 0666 so the process umask gives it a normal file's
+    # permissions (mkstemp would make it private, 0600).
+    temporary = path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp"
+    handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(handle, "wb") as file:
             write(file)

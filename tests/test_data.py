@@ -287,7 +287,7 @@ def test_cifar_conversion_and_subset(tmp_path, monkeypatch):
             self.data[..., 1] = np.arange(n)[:, None, None]  # green = index
             self.data[..., 2] = 7
 
-    monkeypatch.setitem(data.files._CIFAR, "cifar10", (FakeCIFAR, "cifar-10-batches-py", *data.files._CIFAR["cifar10"][2:]))
+    monkeypatch.setitem(data.files._CIFAR, "cifar10", (FakeCIFAR, "cifar-10-batches-py"))
     (tmp_path / "cifar-10-batches-py").mkdir()
     ds = data.load("cifar10", tmp_path, num_classes=3, train_per_class=2)
     assert ds.classes == ["class0", "class1", "class2"] and ds.train.images.shape == (6, 3, 32, 32)
@@ -295,7 +295,10 @@ def test_cifar_conversion_and_subset(tmp_path, monkeypatch):
     assert ds.train.images[:, 0, 5, 5].tolist() == ds.train.labels.tolist()
     assert ds.train.images[:, 1, 5, 5].tolist() == [0, 1, 2, 10, 11, 12]  # the first two of each class
     assert (ds.train.images[:, 2] == 7).all() and ds.test.images.shape == (6, 3, 32, 32)
-    assert (ds.mean, ds.crop_size, ds.train_padding) == ((0.4914, 0.4822, 0.4465), 32, 4)
+    # the references' CIFAR-10 normalisation and 2-pixel padding (PuzzleMix load_data.py)
+    assert ds.mean == pytest.approx((125.3 / 255, 123.0 / 255, 113.9 / 255))
+    assert ds.std == pytest.approx((63.0 / 255, 62.1 / 255, 66.7 / 255))
+    assert (ds.crop_size, ds.train_padding) == (32, 2)
     with pytest.raises(ValueError, match="class 0 has 2 images, fewer than the 3"):
         data.load("cifar10", tmp_path, test_per_class=3)
 
@@ -475,13 +478,36 @@ def cub_root(tmp_path):
     return root
 
 
-def test_cub200_loads_resized(cub_root):
+def test_cub200_loads_short_side_resized(cub_root):
     ds = data.load("cub200", cub_root.parent)
     assert ds.classes == ["001.Albatross", "002.Auklet"]
-    assert ds.train.images.shape == (4, 3, 256, 256) and ds.test.images.shape == (2, 3, 256, 256)
     assert ds.train.labels.tolist() == [0, 0, 1, 1] and ds.test.labels.tolist() == [0, 1]
+    # image k is (30 + k) x 40: its short side becomes 256 and its width int(256 * 40 / (30 + k)), as
+    # torchvision's Resize(256); the images sit top-left on a zero canvas of the largest size
+    expected = [(256, int(256 * 40 / (30 + k))) for k in (1, 2, 4, 5)]
+    assert ds.train.sizes.tolist() == [list(size) for size in expected]
+    assert ds.train.images.shape == (4, 3, 256, max(w for _, w in expected))
+    assert (ds.train.images[1, :, :, expected[1][1]:] == 0).all()
     assert (ds.train.images[:, 0, 128, 128].float() / 100).round().tolist() == [1, 1, 2, 2]
     assert (ds.crop_size, ds.train_padding, ds.mean) == (224, 0, (0.485, 0.456, 0.406))
+
+
+def test_fine_grained_crops_stay_inside_each_image_and_test_matches_torchvision(cub_root):
+    ds = data.load("cub200", cub_root.parent)
+    options = dict(mean=ds.mean, std=ds.std, crop_size=224)
+    train = BatchLoader(ds.train, 4, train=True, generator=torch.Generator().manual_seed(0), **options)
+    canvas_value = -torch.tensor(ds.mean) / torch.tensor(ds.std)  # what a zero canvas pixel becomes
+    for _ in range(20):
+        images, _ = next(iter(train))
+        on_canvas = (images - canvas_value.view(1, 3, 1, 1)).abs().sum(1) < 1e-4
+        assert not on_canvas.any()  # no crop reaches past its image into the canvas
+    test_images, _ = next(iter(BatchLoader(ds.test, 2, train=False, **options)))
+    files = sorted((cub_root / "images").rglob("*.jpg"), key=lambda p: p.name)
+    for row, path in zip(test_images, [files[2], files[5]], strict=True):  # the test images: 3 and 6
+        reference = TF.center_crop(TF.resize(decode_image(read_file(str(path)), mode=ImageReadMode.RGB), [256]),
+                                   [224])
+        reference = TF.normalize(reference.float() / 255, ds.mean, ds.std)
+        assert torch.allclose(row, reference, atol=1e-5)
 
 
 @pytest.mark.parametrize("missing", ["images.txt", "train_test_split.txt", "classes.txt"])
@@ -508,6 +534,7 @@ def test_fgvc_aircraft_through_torchvision(tmp_path):
     ds = data.load("fgvc_aircraft", tmp_path)
     assert ds.classes == ["707-320", "A320"] and ds.train.labels.tolist() == [1, 0] and ds.test.labels.tolist() == [0]
     assert ds.train.images.shape == (2, 3, 256, 256) and abs(int(ds.train.images[0, 0, 9, 9]) - 200) <= 3
+    assert ds.train.sizes.tolist() == [[256, 256], [256, 256]]
 
 
 @pytest.mark.parametrize("name, layout", [("stanford_cars", "stanford_cars/{devkit/cars_meta.mat"),

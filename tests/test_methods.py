@@ -121,6 +121,23 @@ def test_catchup_mix_feature_hook_fires_at_the_sampled_layer_only():
     assert torch.all(kept[moved] == math.floor(batch.lam * 10))
 
 
+def test_catchup_mix_substituted_channels_come_from_the_sample_named_in_targets_b():
+    # Labels are not the batch index here, so the partner is found through targets_b and each sample's
+    # distinct channel values, not by assuming labels == arange.
+    method = methods.build("catchup_mix", layers=(2,))
+    labels = torch.tensor([7, 3, 9, 1, 5, 0])
+    ident = torch.arange(6 * 8, dtype=torch.float32).reshape(6, 8)  # value names (sample, channel)
+    features = (ident * 10)[:, :, None, None].expand(6, 8, 3, 3).contiguous()
+    for seed in range(10):
+        batch = method(torch.randn(6, 3, 8, 8), labels, generator=seeded(seed))
+        mixed = batch.feature_hook(features, 2)
+        for i in range(6):
+            partner = (labels == batch.targets_b[i]).nonzero().item()
+            sources = (mixed[i, :, 0, 0] / 10).long() // 8  # which sample each channel came from
+            assert set(sources.tolist()) <= {i, partner}
+            assert (sources == partner).sum() == 8 - math.floor(batch.lam * 8) or partner == i
+
+
 def test_label_channels_sets_lam_to_the_kept_fraction():
     method = methods.build("catchup_mix", layers=(1,), label="channels")
     for seed in range(5):

@@ -206,14 +206,28 @@ def test_published_reference_file_names_a_source_for_every_number():
     for entry in reference["numbers"]:
         assert entry["source"] in reference["sources"], entry
         assert entry["artifact"] in ARTIFACTS and entry["protocol"]
-        if entry["source"] == "catchup_mix_paper":
-            assert entry["top1"] is None  # not filled from the paper yet: shown as n/a
+        if entry["top1"] is None:  # a cell the paper has but that is not filled in yet: shown as n/a
+            assert entry["source"] == "catchup_mix_paper", entry
         else:
             assert 0 < entry["top1"] < 100
+            if entry["source"] == "catchup_mix_paper":  # filled from the paper: say from which table
+                assert "Table" in entry["protocol"], entry
     published = report.Published("table1")
-    assert published.paper_cell("preactresnet18", "catchup_mix") == "n/a"
     assert published.other_cell("preactresnet18", "puzzlemix") == "80.40 [1]; 81.13 [2]"
     assert len(published.footnotes) == 2 and "PuzzleMix README" in published.footnotes[0]
+
+
+def test_paper_cells_show_filled_numbers_with_their_table_and_unfilled_ones_as_na(monkeypatch):
+    reference = report.load_published()
+    filled = {"artifact": "table1", "section": "wrn16_8", "method": "cutmix", "top1": 79.5,
+              "source": "catchup_mix_paper", "protocol": "Table 1 of the paper (example)"}
+    unfilled = {**filled, "method": "mixup", "top1": None, "protocol": "not yet filled from the paper"}
+    monkeypatch.setattr(report, "load_published", lambda: {**reference, "numbers": [filled, unfilled]})
+    published = report.Published("table1")
+    assert published.paper_cell("wrn16_8", "cutmix") == "79.50 [1]"
+    assert "Table 1 of the paper (example)" in published.footnotes[0]
+    assert published.paper_cell("wrn16_8", "mixup") == "n/a"
+    assert published.paper_cell("preactresnet18", "cutmix") == "n/a"
 
 
 def test_cli_entry_point_runs_as_a_module(tmp_path):
