@@ -184,6 +184,11 @@ def validate(config: Config) -> None:
         check(value is None or value >= 1, f"{key} must be >= 1 or null, got {value}")
     # Build the model on the meta device (no memory, no time) to learn its hook points, then the
     # method, which checks its option names and values against them.
+    settable = methods.settable_options(config.method)
+    unknown = sorted(set(config.method_options) - set(settable))
+    check(not unknown, f"unknown method option(s) {unknown} for method {config.method!r}; settable with "
+                       f"--set method_options.NAME=VALUE: {', '.join(settable)}"
+                       + (" (num_hook_points comes from the model)" if "num_hook_points" in unknown else ""))
     try:
         with torch.device("meta"):
             model = models.build(config.model, num_classes=10, width=config.width)

@@ -71,6 +71,11 @@ def available() -> list[str]:
     return list(METHODS)
 
 
+def settable_options(name: str) -> list[str]:
+    """The options a user sets for method `name` (num_hook_points is the model's, set by whoever builds it)."""
+    return [f.name for f in fields(METHODS[name]) if f.name != "num_hook_points"]
+
+
 def build(name: str, **options):
     """Build a registered method; unknown names or options raise ValueError listing the valid ones."""
     if name not in METHODS:

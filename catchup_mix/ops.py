@@ -67,13 +67,18 @@ def mixed_targets(targets_a: torch.Tensor, targets_b: torch.Tensor, lam, num_cla
 
     lam: a float, or a (B,) tensor of per-sample weights (PuzzleMix-style masks). Returns (B, num_classes).
     """
-    one_hot_a = F.one_hot(targets_a, num_classes).float()
+    one_hot_a = _one_hot(targets_a, num_classes)
     if isinstance(lam, int | float) and lam == 1:
         return one_hot_a
-    one_hot_b = F.one_hot(targets_b, num_classes).float()
+    one_hot_b = _one_hot(targets_b, num_classes)
     if isinstance(lam, torch.Tensor):
         lam = lam.to(one_hot_a.device, torch.float32, non_blocking=True).reshape(-1, 1)
     return torch.lerp(one_hot_b, one_hot_a, lam)
+
+
+def _one_hot(targets: torch.Tensor, num_classes: int) -> torch.Tensor:
+    # scatter, not F.one_hot: on a GPU F.one_hot may check its labels on the CPU, making the GPU wait
+    return torch.zeros(len(targets), num_classes, device=targets.device).scatter_(1, targets[:, None], 1.0)
 
 
 def soft_target_loss(logits: torch.Tensor, targets: torch.Tensor, loss: str = "ce",

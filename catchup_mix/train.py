@@ -20,7 +20,7 @@ import torch.distributed as dist
 
 from . import data, methods, models, provenance
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint, write_json, write_jsonl
-from .config import Config, ConfigError, resolve_runtime, to_dict
+from .config import Config, ConfigError, make_config, resolve_runtime, to_dict
 from .evaluate import evaluate
 from .ops import soft_target_loss
 from .precision import autocast_for, grad_scaler
@@ -100,18 +100,25 @@ def set_determinism(config: Config, device: torch.device) -> None:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 
-def check_resumable(saved: dict, config: Config, path: Path, world_size: int) -> None:
+def check_resumable(saved: dict, config: Config, path: Path, world_size: int, extend: bool = False) -> None:
     current = to_dict(config)
+    may_differ = RESUMABLE_DIFFERENCES | ({"epochs"} if extend else set())
     different = sorted(
         key for key in set(saved["config"]) | set(current)
-        if key not in RESUMABLE_DIFFERENCES and saved["config"].get(key) != current.get(key)
+        if key not in may_differ and saved["config"].get(key) != current.get(key)
     )
     if different:
         details = "; ".join(f"{k}: checkpoint {saved['config'].get(k)!r} vs now {current.get(k)!r}" for k in different)
+        hint = (" (device and precision: resume where the run was trained, or pass the checkpoint's values, e.g. "
+                "--set device=cpu precision=fp32)" if {"device", "precision"} & set(different) else "")
+        if different == ["epochs"]:
+            hint = " (to train a finished run further, raise epochs and pass --extend)"
         raise CheckpointError(
-            f"{path} belongs to a different run ({details}). Nothing was overwritten: resume with the "
+            f"{path} belongs to a different run ({details}){hint}. Nothing was overwritten: resume with the "
             "same config, or choose another output_dir."
         )
+    if extend and config.epochs <= saved["epoch"]:
+        raise CheckpointError(f"--extend: {path} has already trained {saved['epoch']} epochs; set epochs above that")
     if len(saved["mixing_generators"]) != world_size:
         raise CheckpointError(
             f"{path} was written by {len(saved['mixing_generators'])} process(es), now {world_size}: "
@@ -119,8 +126,13 @@ def check_resumable(saved: dict, config: Config, path: Path, world_size: int) ->
         )
 
 
-def train(config: Config, resume: bool = False) -> dict:
-    """Train and evaluate as `config` says; return the summary (also written to summary.json)."""
+def train(config: Config, resume: bool = False, extend: bool = False) -> dict:
+    """Train and evaluate as `config` says; return the summary (also written to summary.json).
+
+    resume: continue the run in output_dir from its last checkpoint; a finished run is left untouched.
+    extend: with resume, train a finished run further up to a larger `epochs` (a schedule that depends on
+    `epochs`, cosine or one-cycle, continues from where it was as if the run had always had the new length).
+    """
     config = resolve_runtime(config)  # device and precision as run, recorded in checkpoints and summaries
     rank, world_size, device = setup_distributed(config)
     is_main = rank == 0
@@ -130,6 +142,14 @@ def train(config: Config, resume: bool = False) -> dict:
         raise FileExistsError(
             f"{run_dir} already holds a run. Pass --resume to continue it, or set output_dir to a new folder."
         )
+    saved = load_checkpoint(last_path) if resume and last_path.exists() else None
+    if saved is not None:
+        check_resumable(saved, config, last_path, world_size, extend)
+        if saved["epoch"] >= config.epochs:  # finished: a true no-op, nothing written
+            if is_main:
+                print(f"{run_dir} has finished its {saved['epoch']} epochs: nothing to do (to train it further, "
+                      "raise epochs and pass --extend)", flush=True)
+            return summarize(saved["history"], make_config(saved["config"]), saved["provenance"])
     set_determinism(config, device)
 
     # Data: whole splits in memory (on the GPU when there is one); augmentation on batches.
@@ -166,9 +186,7 @@ def train(config: Config, resume: bool = False) -> dict:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(config, step / steps_per_epoch))
 
     start_epoch, history = 1, []
-    if resume and last_path.exists():
-        saved = load_checkpoint(last_path)
-        check_resumable(saved, config, last_path, world_size)
+    if saved is not None:
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
@@ -197,16 +215,21 @@ def train(config: Config, resume: bool = False) -> dict:
     if is_main:
         write_json(run_dir / "config.json", to_dict(config))
         write_json(run_dir / "provenance.json", info)
-        print(f"training {config.method} on {config.model} / {config.dataset}: {len(dataset.train.labels)} train, "
-              f"{len(dataset.test.labels)} test images, {steps_per_epoch} steps per epoch, "
+        print(f"training {config.method} on {config.model} (width {config.width or 'as in the paper'}) / "
+              f"{config.dataset}: {len(dataset.train.labels)} train, {len(dataset.test.labels)} test images; "
+              f"epochs {start_epoch}-{config.epochs} of {steps_per_epoch} steps, batch {config.batch_size}, "
+              f"lr {config.lr} ({config.schedule}), loss {config.loss}, {config.precision}, seed {config.seed}; "
               f"{provenance.describe(info)}", flush=True)
     writer = _tensorboard(run_dir, start_epoch) if is_main else None
 
     best_top1 = max((row["test_top1"] for row in history if "test_top1" in row), default=-1.0)
     for epoch in range(start_epoch, config.epochs + 1):
         row = train_epoch(trained_model, method, train_loader, optimizer, scheduler, mixing_generator,
-                          autocast, scaler, config, epoch, device, show=is_main)
+                          autocast, scaler, config, epoch, device, show=is_main, estimate_run=epoch == start_epoch)
         if evaluates(config, epoch):
+            if world_size > 1:  # every rank tests with rank 0's BatchNorm statistics, those the checkpoint keeps
+                for buffer in model.buffers():
+                    dist.broadcast(buffer, src=0)
             evaluation_started = time.perf_counter()
             test = evaluate(model, test_loader, device, autocast)
             row.update({f"test_{key}": value for key, value in test.items() if key != "n"})
@@ -244,11 +267,15 @@ def train(config: Config, resume: bool = False) -> dict:
               f"{provenance.describe(info)}. Run folder: {run_dir}", flush=True)
         if writer is not None:
             writer.close()
+    if world_size > 1:
+        dist.destroy_process_group()
     return summary
 
 
 def train_epoch(model, method, loader, optimizer, scheduler, generator, autocast, scaler, config, epoch, device,
-                show):
+                show, estimate_run=False):
+    """One epoch of training; returns its row of metrics. estimate_run: print, at the first progress update,
+    how long an epoch and the rest of the run will take (the first epoch a process trains)."""
     model.train()
     loss_sum = torch.zeros((), device=device)
     # Index of the first step whose loss was not finite, checked only every log_every steps, so
@@ -269,6 +296,12 @@ def train_epoch(model, method, loader, optimizer, scheduler, generator, autocast
         if step % config.log_every == 0 or step == len(loader):
             _raise_if_not_finite(first_bad_step, epoch)
             progress(step, loss_sum.item() / step, images_seen / (time.perf_counter() - started))
+            if estimate_run and show:
+                per_epoch = (time.perf_counter() - started) / step * len(loader)
+                left = config.epochs - epoch + 1
+                print(f"time: about {_duration(per_epoch)} per epoch of training (tests not counted), "
+                      f"{_duration(per_epoch * left)} for the {left} epoch(s) left", flush=True)
+                estimate_run = False
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     elapsed = time.perf_counter() - started
@@ -317,6 +350,12 @@ def _raise_if_not_finite(first_bad_step: torch.Tensor, epoch: int) -> None:
             f"loss became NaN or inf at epoch {epoch}, step {bad}. Stopped without saving; the last good "
             "checkpoint is untouched. Lower lr, check the data, or train in precision=fp32."
         )
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 2 * 3600 else f"{seconds / 3600:.1f} h"
 
 
 def _world_size() -> int:

@@ -255,9 +255,10 @@ def test_ddp_rank_slices_make_up_the_global_batch(world_size, train):
 
 
 def test_cifar_missing_names_both_ways_out(tmp_path):
-    with pytest.raises(DatasetNotFoundError, match="download=True") as error:
+    with pytest.raises(DatasetNotFoundError, match="--set download=true") as error:
         data.load("cifar10", tmp_path)
     assert "cifar-10-batches-py" in str(error.value) and str(tmp_path) in str(error.value)
+    assert "--set dataset=imagefolder data_root=DIR" in str(error.value)  # for copies held as image files
     assert isinstance(error.value, FileNotFoundError)
     (tmp_path / "cifar-100-python").mkdir()
     with pytest.raises(DatasetNotFoundError, match="incomplete or corrupted"):

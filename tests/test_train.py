@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -238,6 +239,72 @@ def test_cli_train_then_evaluate(tmp_path):
                     "deterministic=true", "--resume")
     assert again.returncode == 0, again.stderr
     assert metrics(out, drop_timing=False) == before
+
+
+def test_resuming_a_finished_run_writes_nothing_and_extend_trains_further(tmp_path):
+    train(tiny(tmp_path, epochs=2))
+    run = tmp_path / "run"
+    before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in run.rglob("*") if p.is_file()}
+    summary = train(tiny(tmp_path, epochs=2), resume=True)
+    assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in run.rglob("*") if p.is_file()} == before
+    assert summary["epochs"] == 2
+    with pytest.raises(CheckpointError, match="--extend"):  # more epochs without --extend: refused
+        train(tiny(tmp_path, epochs=4), resume=True)
+    extended = train(tiny(tmp_path, epochs=4), resume=True, extend=True)
+    assert extended["epochs"] == 4 and [row["epoch"] for row in metrics(run)] == [1, 2, 3, 4]
+    with pytest.raises(CheckpointError, match="already trained 4 epochs"):
+        train(tiny(tmp_path, epochs=3), resume=True, extend=True)
+
+
+def test_a_run_trained_in_one_precision_is_not_resumed_in_another(tmp_path):
+    train(tiny(tmp_path, epochs=1))
+    last = tmp_path / "run" / "checkpoints" / "last.pt"
+    saved = torch.load(last, weights_only=True)
+    assert (saved["config"]["device"], saved["config"]["precision"]) == ("cpu", "fp32")  # resolved, recorded
+    saved["config"].update(device="cuda", precision="bf16")  # as if trained on a GPU
+    torch.save(saved, last)
+    with pytest.raises(CheckpointError, match="device: checkpoint 'cuda' vs now 'cpu'.*precision=fp32"):
+        train(tiny(tmp_path, epochs=2), resume=True)
+
+
+def test_ctrl_c_says_where_the_checkpoint_is_and_how_to_resume(tmp_path, monkeypatch, capsys):
+    from catchup_mix.__main__ import main
+
+    real_save = train_module.save_checkpoint
+
+    def save_then_interrupt(path, state):
+        real_save(path, state)
+        if path.name == "last.pt":
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "save_checkpoint", save_then_interrupt)
+    out = tmp_path / "interrupted"
+    argv = ["train", "--config", "smoke", "--set", "num_classes=2", "train_per_class=8", "test_per_class=4",
+            "width=4", "epochs=3", "batch_size=8", f"output_dir={out}"]
+    assert main(argv) == 130
+    message = capsys.readouterr().err
+    assert f"{out}/checkpoints/last.pt" in message and "--resume" in message and "Traceback" not in message
+    assert "python -m catchup_mix train --config smoke" in message
+
+
+def test_the_first_epoch_prints_an_estimate_of_the_whole_run(tmp_path, capsys):
+    train(tiny(tmp_path, epochs=3, log_every=2))
+    out = capsys.readouterr().out
+    assert len(re.findall(r"time: about .* per epoch of training .* for the 3 epoch\(s\) left", out)) == 1
+
+
+def test_num_hook_points_is_not_a_method_option_of_a_config():
+    with pytest.raises(ConfigError, match="num_hook_points comes from the model"):
+        make_config({"method": "catchup_mix", "method_options": {"num_hook_points": 3}})
+
+
+def test_curves_command_plots_the_runs(tmp_path):
+    train(tiny(tmp_path, epochs=2))
+    result = run_cli("curves", str(tmp_path / "run"), "--out", str(tmp_path / "curves.png"))
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "curves.png").stat().st_size > 10_000
+    missing = run_cli("curves", str(tmp_path / "nothing"))
+    assert missing.returncode == 2 and "metrics.jsonl" in missing.stderr
 
 
 def test_cli_rejects_bad_config_with_nonzero_exit(tmp_path):
