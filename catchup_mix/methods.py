@@ -94,6 +94,8 @@ class Method:
     prob: float = 1.0  # probability that a batch is mixed at all
     num_hook_points: int | None = None
     needs_model = False  # a class attribute, not an option: True where mix() uses the model
+    # Why mix() must make the CPU wait for the GPU (a solver that runs on the CPU), or None: it never does.
+    host_sync = None
 
     def __post_init__(self):
         if not 0.0 <= self.prob <= 1.0:

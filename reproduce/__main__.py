@@ -143,9 +143,15 @@ class _Tee:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["gpucheck"]:  # not an artifact: a check of the machine, with options of its own
+        from . import gpucheck
+
+        return gpucheck.main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m reproduce", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("artifact", choices=["list", "all", *ARTIFACTS], help="what to reproduce")
+    parser.add_argument("artifact", choices=["list", "all", "gpucheck", *ARTIFACTS],
+                        help="what to reproduce (gpucheck: the GPU path, tested and timed; see its --help)")
     parser.add_argument("--scale", choices=SCALES, default="smoke",
                         help="smoke: minutes on a CPU; medium: CPU hours on real data (evidence); paper: GPU days")
     parser.add_argument("--seeds", type=int, nargs="+",
