@@ -2,7 +2,7 @@
 data, training and evaluation. README.md says how to use each part."""
 
 from . import methods, models
-from .ops import catchup_mix_features, mixed_cross_entropy
+from .ops import catchup_mix_features, mixed_cross_entropy, mixed_targets, soft_target_loss
 
-__all__ = ["catchup_mix_features", "mixed_cross_entropy", "methods", "models"]
+__all__ = ["catchup_mix_features", "mixed_cross_entropy", "mixed_targets", "soft_target_loss", "methods", "models"]
 __version__ = "0.1.0"

@@ -41,6 +41,18 @@ def test_own_training_loop_example_runs_as_written(capsys):
     assert namespace["resnet"].num_hook_points == 5
 
 
+def test_add_your_own_method_example_runs_and_joins_the_registry(capsys, monkeypatch):
+    from catchup_mix import methods
+
+    monkeypatch.setattr(methods, "METHODS", dict(methods.METHODS))  # the example registers a method
+    (language, code), = fenced_blocks("Add your own method")
+    assert language == "python" and len(code.splitlines()) <= 30
+    exec(compile(code, "README.md", "exec"), {})
+    assert "flip_mix" in methods.available()
+    printed = capsys.readouterr().out.strip()
+    assert printed.startswith("lam ") and printed.endswith("targets sum to [1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]")
+
+
 @pytest.mark.slow
 def test_train_and_evaluate_commands_run_as_written(tmp_path):
     (language, code), = fenced_blocks("Train and evaluate")
@@ -54,7 +66,7 @@ def test_train_and_evaluate_commands_run_as_written(tmp_path):
                                 text=True, timeout=600)
         assert result.returncode == 0, result.stderr[-2000:]
         outputs.append(result.stdout)
-    assert "done: top-1 last" in outputs[0] and "resuming" in outputs[1]
+    assert "done: top-1 last" in outputs[0] and "nothing to do" in outputs[1]
     summary = json.loads((tmp_path / "runs" / "readme" / "summary.json").read_text())
     evaluation = json.loads(outputs[2])
     assert summary["epochs"] == 2 and evaluation["top1"] == pytest.approx(summary["last_top1"])
