@@ -110,6 +110,20 @@ def test_execute_trains_once_then_reuses_the_result(tmp_path, monkeypatch):
     assert runner.execute(twin, tmp_path)["summary"] == first["summary"]
 
 
+def test_a_result_stored_before_a_new_config_key_is_still_found_and_another_precision_is_not(tmp_path):
+    run = tiny_run()
+    result = runner.execute(run, tmp_path)
+    old_path = run.result_path(tmp_path).with_name(f"{run.name}-0123456789ab.json")  # an older key
+    run.result_path(tmp_path).rename(old_path)
+    del result["summary"]["config"]["eval_every"]  # as if written before eval_every existed (default 1)
+    old_path.write_text(json.dumps(result))
+    assert runner.find_result(run, tmp_path)["summary"]["last_top1"] == result["summary"]["last_top1"]
+    result["summary"]["config"]["precision"] = "bf16"  # a GPU bf16 result is not this CPU fp32 run
+    result["summary"]["config"]["device"] = "cuda"
+    old_path.write_text(json.dumps(result))
+    assert runner.find_result(run, tmp_path) is None
+
+
 def test_a_run_held_by_another_process_is_skipped(tmp_path):
     run = tiny_run()
     folder = run.run_dir(tmp_path)
