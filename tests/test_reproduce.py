@@ -182,6 +182,27 @@ def test_smoke_artifact_end_to_end_writes_tables_and_figure_from_its_results(tmp
     assert (tmp_path / "figures" / "smoke" / "table2.pdf").read_bytes().startswith(b"%PDF")
 
 
+def test_the_process_that_finishes_last_renders_the_runs_another_process_trained(tmp_path, tiny_smoke, monkeypatch):
+    import reproduce.__main__ as cli
+
+    real_execute = runner.execute
+    held_by_the_other = []
+
+    def execute(run, out):  # every other run is "being trained by another process", which finishes it meanwhile
+        if len(held_by_the_other) % 2 == 0:
+            held_by_the_other.append(run)
+            real_execute(run, out)  # the other process's work, done before this one renders
+            return None
+        held_by_the_other.append(None)
+        return real_execute(run, out)
+
+    monkeypatch.setattr(cli, "execute", execute)
+    assert reproduce_main(["table2", "--scale", "smoke", "--out", str(tmp_path)]) == 0
+    markdown = (tmp_path / "tables" / "smoke" / "table2.md").read_text()
+    total = len(methods.available())
+    assert f"Runs done: {total} of {total}" in markdown
+
+
 def test_tables_only_renders_missing_runs_as_pending(tmp_path, tiny_smoke):
     assert reproduce_main(["table2", "--scale", "smoke", "--out", str(tmp_path), "--tables-only"]) == 0
     markdown = (tmp_path / "tables" / "smoke" / "table2.md").read_text()
