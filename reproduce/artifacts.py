@@ -16,7 +16,7 @@ from pathlib import Path
 from catchup_mix import methods
 from catchup_mix.config import PRESETS
 
-from . import report
+from . import report, robustness
 from .runner import Run
 
 
@@ -252,5 +252,8 @@ ARTIFACTS = {
         Artifact("figure_mixing", "Figure 2 in data: one real pair's feature maps before and after Catch-up "
                  "Mix at each layer, with channel norms and the mask", plan_figure_mixing, render_figure_mixing,
                  measure=measure_figure_mixing),
+        Artifact("robustness", "FGSM/PGD, CIFAR-100-C corruptions, deformations, OOD detection and calibration of "
+                 "table1's PreActResNet-18 runs (every method)", robustness.plan, robustness.render,
+                 measure=robustness.measure, paper_gpu_hours=lambda settings: 0.2),
     ]
 }

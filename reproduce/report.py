@@ -224,10 +224,16 @@ def output_path(settings, kind: str, artifact: str, suffix: str) -> Path:
 
 
 def write_table(settings, artifact: str, table: Table) -> list[Path]:
+    return write_tables(settings, artifact, [table])
+
+
+def write_tables(settings, artifact: str, tables: list[Table]) -> list[Path]:
+    """tables/[smoke/]<artifact>.md and .tex, the tables one after the other."""
     from catchup_mix.checkpoint import atomic_write
 
     paths = [output_path(settings, "tables", artifact, ".md"), output_path(settings, "tables", artifact, ".tex")]
-    for path, text in zip(paths, (to_markdown(table), to_latex(table)), strict=True):
+    texts = ("\n".join(to_markdown(table) for table in tables), "\n".join(to_latex(table) for table in tables))
+    for path, text in zip(paths, texts, strict=True):
         atomic_write(path, lambda file, text=text: file.write(text.encode()))
     return paths
 
