@@ -60,9 +60,9 @@ def main(argv: list[str] | None = None) -> int:
 
             print(json.dumps(evaluate_checkpoint(args.checkpoint, args.data_root, args.device), indent=2))
         elif args.command == "evaluate":
-            evaluate_suite(args)
+            run_robustness_suite(args)
         else:
-            corrupt(args)
+            write_corrupted_set(args)
     except (ConfigError, CheckpointError, FileExistsError, FileNotFoundError, ValueError, NonFiniteLossError) as error:
         # bad input (config, data layout, checkpoint) or a stopped run (NaN loss): the message says what
         # is wrong and what to do; a traceback would only hide it
@@ -71,12 +71,12 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def evaluate_suite(args) -> None:
+def run_robustness_suite(args) -> None:
     from pathlib import Path
 
     from .robustness import SuiteSettings, evaluate_suite, summary_lines
 
-    if args.max_images is not None and args.max_images < 1 or args.batch_size < 1:
+    if (args.max_images is not None and args.max_images < 1) or args.batch_size < 1:
         raise ValueError("--max-images and --batch-size must be at least 1")
     settings = SuiteSettings(ood=tuple(args.ood) if args.ood else None, max_images=args.max_images,
                              batch_size=args.batch_size)
@@ -86,7 +86,7 @@ def evaluate_suite(args) -> None:
     print(f"wrote {Path(args.checkpoint).with_suffix('.robustness.json')}")
 
 
-def corrupt(args) -> None:
+def write_corrupted_set(args) -> None:
     from . import corruptions, data
 
     names = args.corruptions or list(corruptions.ALL_CORRUPTIONS)

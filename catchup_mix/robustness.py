@@ -184,6 +184,7 @@ def _average_precision(positives: np.ndarray, negatives: np.ndarray) -> float:
 
 
 NOISE_SETS = ("noise_gaussian", "noise_uniform")
+OTHER_DATASETS = {"cifar10": 10, "cifar100": 100, "tiny_imagenet": 200}  # their number of classes
 
 
 def noise_images(kind: str, count: int, size: int, seed: int = 0) -> torch.Tensor:
@@ -216,7 +217,7 @@ def ood_sets(names, config, size: int, count: int, data_root: str | None = None,
             sets[name] = noise_images(name, count, size, seed)
             continue
         try:
-            images = _named_ood_set(name, config, size, data_root)
+            images = _named_ood_set(name, config, count, size, data_root)
         except (data.DatasetNotFoundError, ValueError) as error:
             if automatic:
                 continue  # not available here: skipped when the sets are chosen automatically
@@ -229,10 +230,10 @@ def ood_sets(names, config, size: int, count: int, data_root: str | None = None,
 
 
 def _ood_label(name: str) -> str:
-    return name if name in ("unseen_classes", "cifar10", "cifar100", "tiny_imagenet") else f"folder:{Path(name).name}"
+    return name if name == "unseen_classes" or name in OTHER_DATASETS else f"folder:{Path(name).name}"
 
 
-def _named_ood_set(name: str, config, size: int, data_root: str | None):
+def _named_ood_set(name: str, config, count: int, size: int, data_root: str | None):
     root = data_root or config.data_root
     if name == "unseen_classes":
         trained = config.num_classes
@@ -244,10 +245,11 @@ def _named_ood_set(name: str, config, size: int, data_root: str | None):
         else:
             loaded = data.load(config.dataset, root, train_per_class=1, test_per_class=config.test_per_class)
         return loaded.test.images[loaded.test.labels >= trained]
-    if name in ("cifar10", "cifar100", "tiny_imagenet"):
+    if name in OTHER_DATASETS:
         if name == config.dataset or root is None:
             return None  # the training data is not out of distribution; without a folder there is nothing to read
-        return data.load(name, root, train_per_class=1).test.images
+        per_class = math.ceil(count / OTHER_DATASETS[name])  # decode only what is used, the same from each class
+        return data.load(name, root, train_per_class=1, test_per_class=per_class).test.images
     folder = Path(name).expanduser()
     if not folder.is_dir():
         raise ValueError(f"{name!r} is neither a known OOD set ({', '.join([*NOISE_SETS, 'unseen_classes'])}, "

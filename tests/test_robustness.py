@@ -186,6 +186,17 @@ def test_ood_sets_offline(tmp_path):
         ood_sets(["cifar10"], config, 32, count=5)
 
 
+def test_real_data_corruptions_and_ood_sets(shared_data_dir, tmp_path):
+    tiny = data.load("tiny_imagenet", shared_data_dir, num_classes=2, train_per_class=1, test_per_class=3)
+    images = tiny.test.images.permute(0, 2, 3, 1).numpy()  # 64 x 64: the Tiny-ImageNet-C constants
+    corruptions.write_set(images, tiny.test.labels.numpy(), tmp_path, ["frost", "motion_blur"], progress=False)
+    loaded, labels = corruptions.load_set(tmp_path, "frost", expected_labels=tiny.test.labels, image_size=64)
+    assert loaded.shape == (5, 6, 64, 64, 3) and labels.tolist() == tiny.test.labels.tolist()
+    config = make_config({"dataset": "synthetic", "num_classes": 3, "test_per_class": 4})
+    sets = ood_sets(["tiny_imagenet"], config, 32, count=20, data_root=str(shared_data_dir))
+    assert sets["tiny_imagenet"].shape == (20, 3, 32, 32)  # 20 val images of 20 classes, resized
+
+
 def test_suite_on_a_small_model_agrees_with_the_clean_evaluation(tmp_path):
     dataset = data.load("synthetic", num_classes=3, train_per_class=1, test_per_class=4)
     config = make_config({"dataset": "synthetic", "num_classes": 3, "test_per_class": 4})
