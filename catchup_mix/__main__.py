@@ -92,7 +92,8 @@ def write_corrupted_set(args) -> None:
     names = args.corruptions or list(corruptions.ALL_CORRUPTIONS)
     unknown = [name for name in names if name not in corruptions.ALL_CORRUPTIONS]
     if unknown:
-        raise ValueError(f"unknown corruptions {', '.join(unknown)}; available: {', '.join(corruptions.ALL_CORRUPTIONS)}")
+        raise ValueError(f"unknown corruptions {', '.join(unknown)}; available: "
+                         f"{', '.join(corruptions.ALL_CORRUPTIONS)}")
     dataset = data.load(args.dataset, args.data_root, num_classes=args.num_classes, train_per_class=1,
                         test_per_class=args.test_per_class)
     images = dataset.test.images.permute(0, 2, 3, 1).numpy()

@@ -46,7 +46,8 @@ PARAMETERS = {
         "shot_noise": (500, 250, 100, 75, 50),  # 138: photons per unit intensity
         "impulse_noise": (0.01, 0.02, 0.03, 0.05, 0.07),  # 145: fraction of values flipped to 0 or 1
         "defocus_blur": ((0.3, 0.4), (0.4, 0.5), (0.5, 0.6), (1, 0.2), (1.5, 0.1)),  # 184: radius, alias blur
-        "glass_blur": ((0.05, 1, 1), (0.25, 1, 1), (0.4, 1, 1), (0.25, 1, 2), (0.4, 1, 2)),  # 167: sigma, delta, iters
+        # 167: sigma, max pixel offset, iterations
+        "glass_blur": ((0.05, 1, 1), (0.25, 1, 1), (0.4, 1, 1), (0.25, 1, 2), (0.4, 1, 2)),
         "motion_blur": ((6, 1), (6, 1.5), (6, 2), (8, 2), (9, 2.5)),  # 198: radius, sigma
         "zoom_blur": (1.06, 1.11, 1.16, 1.21, 1.26),  # 216-217: np.arange(1, end, 0.01) zoom factors
         "snow": ((0.1, 0.2, 1, 0.6, 8, 3, 0.95), (0.1, 0.2, 1, 0.5, 10, 4, 0.9), (0.15, 0.3, 1.75, 0.55, 10, 4, 0.9),
@@ -293,8 +294,8 @@ def _elastic_transform(images, parameter, rng):
     x = image_ops.sample_bilinear(x, mapped[..., 1], mapped[..., 0], "mirror")
     # a smooth random displacement field, then bilinear resampling with reflected borders
     # (scikit-image gaussian(mode="reflect", truncate=3), scipy map_coordinates(order=1, mode="reflect"))
-    dx = (image_ops.gaussian_blur(rng.uniform(-1, 1, (n, size, size)), sigma, "reflect", 3) * alpha).astype(np.float32)
-    dy = (image_ops.gaussian_blur(rng.uniform(-1, 1, (n, size, size)), sigma, "reflect", 3) * alpha).astype(np.float32)
+    dx, dy = ((image_ops.gaussian_blur(rng.uniform(-1, 1, (n, size, size)), sigma, "reflect", 3) * alpha)
+              .astype(np.float32) for _ in range(2))
     x = image_ops.sample_bilinear(x, ys + dy, xs + dx, "reflect")
     return _to_uint8(np.clip(x, 0, 1) * 255)
 
@@ -415,7 +416,8 @@ def write_set(images: np.ndarray, labels, out, names=ALL_CORRUPTIONS, seed: int 
             "constants": "hendrycks/robustness make_cifar_c.py (32 px) / make_tinyimagenet_c.py (64 px)"}
     if (out / SET_INFO).is_file():
         before = json.loads((out / SET_INFO).read_text())
-        if {k: before.get(k) for k in ("fingerprint", "seed", "chunk")} != {k: info[k] for k in ("fingerprint", "seed", "chunk")}:
+        identity = ("fingerprint", "seed", "chunk")
+        if {k: before.get(k) for k in identity} != {k: info[k] for k in identity}:
             raise CorruptionSetError(f"{out} holds a corrupted set of other images or another seed "
                                      f"({before.get('images')} images, seed {before.get('seed')}); "
                                      "write to another folder or delete it")
@@ -502,8 +504,8 @@ def load_set(folder, name: str, *, expected_labels=None, image_size: int | None 
     if expected_labels is not None:
         expected = np.asarray(expected_labels, dtype=np.int64)
         if len(expected) != n or not (expected == labels).all():
-            raise CorruptionSetError(f"{folder} holds {n} images whose labels are not the {len(expected)} test labels "
-                                     f"of this model's dataset (another dataset, or another subset?): {fix}")
+            raise CorruptionSetError(f"{folder} holds {n} images whose labels are not the {len(expected)} test "
+                                     f"labels of this model's dataset (another dataset, or another subset?): {fix}")
     return images.reshape(len(SEVERITIES), n, *images.shape[1:]), labels
 
 

@@ -6,7 +6,8 @@ normalisation in front of our networks), so eps is in pixel units as in the pape
 
     pixel_model = Normalized(model, dataset.mean, dataset.std)
     x_adv = fgsm(pixel_model, x, y, eps=8 / 255)
-    x_adv = pgd(pixel_model, x, y, eps=4 / 255, step_size=2 / 255, steps=20, generator=torch.Generator().manual_seed(0))
+    x_adv = pgd(pixel_model, x, y, eps=4 / 255, step_size=2 / 255, steps=20,
+                generator=torch.Generator().manual_seed(0))
 
 `evaluate_suite(checkpoint, ["clean", "fgsm", "pgd", "corruptions", "deformations", "ood"], ...)` runs all of
 it on a trained run and writes <checkpoint>.robustness.json; `python -m catchup_mix evaluate --suite ...` is
@@ -406,7 +407,8 @@ def _corruption_accuracies(sets: dict, folder, n: int, dataset, accuracy, progre
     for name, images in sets.items():
         row = {}
         for severity in corruptions.SEVERITIES:
-            pixels = torch.from_numpy(np.array(images[severity - 1, :n])).permute(0, 3, 1, 2)  # a copy: the set is read-only
+            # a copy: the memory-mapped set is read-only
+            pixels = torch.from_numpy(np.array(images[severity - 1, :n])).permute(0, 3, 1, 2)
             row[str(severity)] = accuracy(_center_crop(pixels, dataset.crop_size))
             bar.update(1)
         row["mean"] = float(np.mean([row[str(s)] for s in corruptions.SEVERITIES]))
@@ -483,6 +485,6 @@ def summary_lines(result: dict) -> list[str]:
                      + " ".join(f"{k} {v:.1f}" for k, v in part.items() if k != "mean"))
     for name, part in result.get("ood", {}).items():
         if name != "mean":
-            lines.append(f"{'OOD ' + name:<24} AUROC {part['msp']['auroc']:6.2f} (MSP) {part['energy']['auroc']:6.2f} "
-                         f"(energy)   FPR95 {part['msp']['fpr95']:6.2f} (MSP)")
+            lines.append(f"{'OOD ' + name:<24} AUROC {part['msp']['auroc']:6.2f} (MSP) "
+                         f"{part['energy']['auroc']:6.2f} (energy)   FPR95 {part['msp']['fpr95']:6.2f} (MSP)")
     return lines

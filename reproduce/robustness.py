@@ -116,7 +116,8 @@ def render(settings, results, measurement) -> list[Path]:
         rows.append([method, _cell([m["clean"]["top1"] for m in runs]),
                      *[_cell([m["fgsm"][e] for m in runs]) for e in fgsm],
                      *[_cell([m["pgd"][e] for m in runs]) for e in pgd],
-                     _cell([m["corruptions"]["mean"] for m in runs]), _cell([m["deformations"]["mean"] for m in runs]),
+                     _cell([m["corruptions"]["mean"] for m in runs]),
+                     _cell([m["deformations"]["mean"] for m in runs]),
                      _cell([m["ood"].get("mean", {}).get("msp", {}).get("auroc") for m in runs]),
                      _cell([m["clean"]["ece"] for m in runs]), str(len(runs))])
         corruption_rows.append([method, *[_cell([m["corruptions"]["per_corruption"][name]["mean"] for m in runs])
