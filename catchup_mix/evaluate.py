@@ -52,6 +52,18 @@ class MetricSums:
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(self.sums)
 
+    def reliability(self) -> list[dict]:
+        """The reliability diagram: per confidence bin (lower, upper], its count, mean confidence and accuracy
+        (None where empty). ECE is the count-weighted mean of |confidence - accuracy| over these bins."""
+        bins = self.sums[4:].cpu().reshape(3, self.bins)
+        rows = []
+        for b in range(self.bins):
+            count = int(bins[0, b].item())
+            rows.append({"lower": b / self.bins, "upper": (b + 1) / self.bins, "count": count,
+                         "confidence": bins[1, b].item() / count if count else None,
+                         "accuracy": bins[2, b].item() / count if count else None})
+        return rows
+
     def result(self) -> dict:
         sums = self.sums.cpu()
         count = sums[0].item()

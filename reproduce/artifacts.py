@@ -18,7 +18,7 @@ from pathlib import Path
 from catchup_mix import methods
 from catchup_mix.config import PRESETS
 
-from . import evidence, report
+from . import evidence, report, robustness
 from .runner import Run
 
 SCALES = ("smoke", "medium", "paper")
@@ -117,6 +117,12 @@ def plan_table1(settings: Settings) -> list[Run]:
     base = base_config(settings, "cifar100_300ep")
     sections = {model: with_model({}, model, settings.scale) for model in TABLE1_MODELS}
     return grid("table1", settings, base, sections)
+
+
+def plan_table1_preactresnet18(settings: Settings) -> list[Run]:
+    """Table 1's PreActResNet-18 runs, for the artifacts that measure trained models: the same configs, so
+    the same keys, trained once for all of them."""
+    return [run for run in plan_table1(settings) if run.labels["section"] == "preactresnet18"]
 
 
 def render_table1(settings, results, measurement):
@@ -276,6 +282,9 @@ ARTIFACTS = {
         Artifact("figure_mixing", "Figure 2 in data: one real pair's feature maps before and after Catch-up "
                  "Mix at each layer, with channel norms and the mask", plan_figure_mixing, render_figure_mixing,
                  measure=measure_figure_mixing),
+        Artifact("robustness", "FGSM/PGD, CIFAR-100-C corruptions, deformations, OOD detection and calibration of "
+                 "table1's PreActResNet-18 runs (every method)", plan_table1_preactresnet18, robustness.render,
+                 measure=robustness.measure, paper_gpu_hours=lambda settings: 0.2),
         Artifact("evidence", "does the channel selection matter? Catch-up Mix vs its random/high-channel "
                  "ablations and the baselines, 3 seeds paired, long schedule on real CIFAR-10 (CPU hours)",
                  plan_evidence, evidence.render_evidence, scales=("smoke", "medium")),

@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from .containers import Dataset, DatasetNotFoundError, ImageSplit, channel_stats
 
+
 def _subset(labels, num_classes: int, per_class: int | None, split: str) -> torch.Tensor:
     """Indices (in the given order) of the first `per_class` items of each of the first `num_classes` classes."""
     labels = torch.as_tensor(labels, dtype=torch.int64)
@@ -105,6 +106,16 @@ def _decode(paths: list[Path], short_side: int | None = None, desc: str = "decod
     for i, image in enumerate(out):
         canvas[i, :, :image.shape[1], :image.shape[2]] = image
     return ImageSplit(canvas, torch.empty(0, dtype=torch.int64), sizes)
+
+
+def decode_folder(folder: Path, size: int, desc: str = "decoding") -> torch.Tensor:
+    """Every image under `folder` (recursively, in sorted order) as uint8 N x 3 x size x size: the short side
+    resized to `size`, then the centre crop (torchvision's Resize(size) + CenterCrop(size))."""
+    paths = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in _IMAGE_EXTENSIONS)
+    split = _decode(paths, short_side=size, desc=desc)
+    tops, lefts = torch.round((split.sizes - size) / 2).long().unbind(1)
+    return torch.stack([image[:, top:top + size, left:left + size]
+                        for image, top, left in zip(split.images, tops.tolist(), lefts.tolist(), strict=True)])
 
 
 def _split_from_files(files: list[Path], labels: list[int], num_classes, per_class, split: str,
