@@ -168,19 +168,20 @@ class PuzzleMix(Method):
         pooled = F.avg_pool2d((inputs - low) / (high - low).clamp_min(1e-12), neigh)
         beta = self.beta / blocks / 16
         weights = []
-        for transpose in (False, True):  # vertical neighbours, then horizontal ones
-            own_px, partner_px = (pooled.transpose(2, 3), pooled[perm].transpose(2, 3)) if transpose else \
-                (pooled, pooled[perm])
-            jump = {(a, b): beta * self.gamma * _boundary_jump(first, second, block // neigh)
-                    for a, first in ((1, own_px), (0, partner_px)) for b, second in ((1, own_px), (0, partner_px))}
-            if transpose:
+        for axis in (1, 2):  # each block and the one below it, then each block and the one to its right
+            shown = {1: pooled, 0: pooled[perm]}  # 1: the sample itself, 0: its partner
+            if axis == 2:
+                shown = {key: value.transpose(2, 3) for key, value in shown.items()}
+            jump = {(a, b): beta * self.gamma * _boundary_jump(shown[a], shown[b], block // neigh)
+                    for a in (0, 1) for b in (0, 1)}
+            if axis == 2:
                 jump = {key: value.transpose(1, 2) for key, value in jump.items()}
-            before = (slice(None), slice(None, -1)) if not transpose else (slice(None), slice(None), slice(None, -1))
-            after = (slice(None), slice(1, None)) if not transpose else (slice(None), slice(None), slice(1, None))
-            cost_own[before] += (jump[1, 0] + jump[1, 1]) / 2
-            cost_partner[before] += (jump[0, 1] + jump[0, 0]) / 2
-            cost_own[after] += (jump[0, 1] + jump[1, 1]) / 2
-            cost_partner[after] += (jump[1, 0] + jump[0, 0]) / 2
+            first = (slice(None),) * axis + (slice(None, -1),)  # the blocks before each boundary
+            second = (slice(None),) * axis + (slice(1, None),)  # the blocks after it
+            cost_own[first] += (jump[1, 0] + jump[1, 1]) / 2
+            cost_partner[first] += (jump[0, 1] + jump[0, 0]) / 2
+            cost_own[second] += (jump[0, 1] + jump[1, 1]) / 2
+            cost_partner[second] += (jump[1, 0] + jump[0, 0]) / 2
             weights.append((beta + (jump[1, 0] + jump[0, 1] - jump[1, 1] - jump[0, 0]) / 2).clamp_min(0))
         levels = torch.linspace(0, 1, self.n_labels, device=inputs.device, dtype=cost_own.dtype)
         draws = self.n_labels - 1
@@ -260,14 +261,7 @@ class CoMixup(Method):
         valid = index < batch
         index = index.clamp(max=batch - 1)  # padding of a short last partition repeats the last sample
         cells = _normalise(F.adaptive_avg_pool2d(salient, self.block_num))[index]  # (P, n, grid, grid)
-        peaks = F.avg_pool2d(salient.unsqueeze(1), min(8, height, width), stride=1).squeeze(1)
-        peak = peaks.flatten(1).argmax(1)
-        where = torch.stack([peak // peaks.shape[-1], peak % peaks.shape[-1]], dim=1)[index].double()
-        distance = (where.unsqueeze(2) - where.unsqueeze(1)).abs().sum(-1) * (valid.unsqueeze(2) & valid.unsqueeze(1))
-        scale = distance.sum((1, 2), keepdim=True)
-        distance = torch.where(scale > 0, distance / scale.clamp_min(1e-12) * valid.sum(1).view(-1, 1, 1),
-                               torch.eye(size, dtype=distance.dtype))
-        compatibility = (1 - self.omega) * torch.eye(size, dtype=distance.dtype) + self.omega * distance
+        compatibility = _peak_compatibility(salient, index, valid, self.omega)
         seed = int(torch.randint(0, 2**62, (), generator=generator))
         rng = np.random.default_rng(seed)
         prior = np.zeros((parts, size))
@@ -292,6 +286,21 @@ class CoMixup(Method):
         lam = top.values[:, 0] / (top.values[:, 0] + top.values[:, -1])
         return MixedBatch(mixed.contiguous(), classes[rows, first], classes[rows, second], lam, layer=0,
                           soft_targets=(classes, shares))
+
+
+def _peak_compatibility(salient: torch.Tensor, index: torch.Tensor, valid: torch.Tensor, omega: float):
+    """Co-Mixup's A = (1 - omega) I + omega D per partition (its `main.py`): D is the l1 distance between
+    the inputs' saliency peaks (argmax of the map averaged over 8 x 8 windows), scaled to sum to n.
+    A partition whose peaks all coincide gets D = I, where the original divides by zero. (P, n, n)."""
+    peaks = F.avg_pool2d(salient.unsqueeze(1), min(8, *salient.shape[-2:]), stride=1).squeeze(1)
+    peak = peaks.flatten(1).argmax(1)
+    where = torch.stack([peak // peaks.shape[-1], peak % peaks.shape[-1]], dim=1)[index].double()
+    pairs = valid.unsqueeze(2) & valid.unsqueeze(1)
+    distance = (where.unsqueeze(2) - where.unsqueeze(1)).abs().sum(-1) * pairs
+    total = distance.sum((1, 2), keepdim=True)
+    identity = torch.eye(index.shape[1], dtype=distance.dtype)
+    distance = torch.where(total > 0, distance / total.clamp_min(1e-12) * valid.sum(1).view(-1, 1, 1), identity)
+    return (1 - omega) * identity + omega * distance
 
 
 @register("guidedmixup")
