@@ -47,7 +47,9 @@ class SaliencyMix(Method):
     As the official code (afm-shahab-uddin/SaliencyMix `SaliencyMix_CIFAR/saliencymix.py`: `saliency_bbox`
     and the training loop, `saliency_bbox(images[rand_index[0]], lam)`), one box serves the whole batch:
     the peak of the first partner's map; `per_sample=True` centres each box on its own partner's peak.
-    Defaults: alpha 1 (`--beta 1.0`) and prob 0.5 (`--cutmix_prob 0.5`) from `SaliencyMix_CIFAR/command.sh`.
+    Defaults: alpha 1 (`--beta 1.0`) and prob 0.5 (`--cutmix_prob 0.5`), `SaliencyMix_CIFAR/command.sh`
+    line 19 (the CIFAR-100 ResNet-18 command; `saliencymix.py` declares the probability as `--salmix_prob`
+    but reads `args.cutmix_prob`).
     Difference: the original's saliency is OpenCV's StaticSaliencyFineGrained; OpenCV is not a dependency
     here, and the static spectral-residual map (`saliency.spectral_residual`) stands in for it.
     """
@@ -97,8 +99,8 @@ class PuzzleMix(Method):
     Defaults: the README's CIFAR-100 command (`--mixup_alpha 1.0 --n_labels 3 --eta 0.2 --beta 1.2
     --gamma 0.5 --neigh_size 4 --transport True --t_size 4 --t_eps 0.8`); `main.py` has the same defaults
     (`--neigh_size` 4, `--n_labels` 3, `--beta` 1.2, `--gamma` 0.5, `--eta` 0.2, `--t_eps` 0.8, lines
-    94-105) except `--t_size` -1 (transport at the mask's resolution), which its Tiny-ImageNet command
-    keeps. `t_size=None` follows both commands: 4 px for images of at most 32 px, the block size above.
+    94-105) except `--t_size` -1 (line 106: transport at the mask's resolution), which its Tiny-ImageNet
+    command keeps. `t_size=None` follows both commands: 4 px for images of at most 32 px, the block size above.
     Blocks: `block_num = 2**np.random.randint(1, 5)` in `mixup.py` `mixup_process`, so {2, 4, 8, 16}.
     Left out: the adversarial option (`--adv_p`) and `clean_lam` (training on the clean batch as well).
     Differences: the colour jumps d are measured on the batch rescaled to [0, 1] per channel (the original
@@ -219,8 +221,10 @@ class CoMixup(Method):
     host-device synchronisation per batch, as the original's), the mixing on the device.
 
     Defaults: the README's CIFAR-100 and Tiny-ImageNet commands (`--m_part 20 --m_block_num 4
-    --mixup_alpha 2.0 --m_beta 0.32 --m_gamma 1.0 --m_thres 0.83 --m_eta 0.05 --m_omega 0.001`), with
-    `main.py`'s `--m_niter 4`, `--m_thres_type hard` and `--set_resolve True`.
+    --mixup_alpha 2.0 --m_beta 0.32 --m_gamma 1.0 --m_thres 0.83 --m_eta 0.05 --m_omega 0.001`), the same
+    as `main.py`'s defaults (lines 95-133, `--m_block_num` to `--m_niter`), with `--m_niter 4`,
+    `--m_thres_type hard` and `--set_resolve True`; the 8 x 8 peak window and the l1 distance of A: `main.py`
+    `train()`, `F.avg_pool2d(sc, kernel_size=8, stride=1)` and `distance(z_idx_2d, dist_type='l1')`.
     Left out: `clean_lam` (the README's commands set 1.0: the clean batch's loss, weighted
     2 clean_lam / num_classes, is added to the training loss; not offered here), `--m_thres_type soft`
     and a random block_num (-1). Differences: see `graphcut.comixup_masks` (exact expansion moves, the
@@ -315,7 +319,9 @@ class GuidedMixup(Method):
     repository's `pairing.pyx`, `onecycle_cover`; `pairing="random"` draws a random permutation instead).
     The mix is x * s / (s + s') + x' * s' / (s + s') pixel by pixel, each label weighted by its mean
     ratio. Defaults from the README's CIFAR-100 Guided-SR command (`--guided_type sr --condition greedy
-    --mix_prob 0.5`). The partner permutation comes from the saliency, on the device.
+    --mix_prob 0.5`); the blur: `spectral_residual.py` line 32, `SpectralResidual(blur=7, sigma=3,
+    kernel_size=3)`, and `mixup.py`'s `TF.gaussian_blur(sc_a, (7, 7), (3, 3))`. The partner permutation
+    comes from the saliency, on the device.
     Note: that repository's CIFAR `mixup.py` passes condition 'greedy_c' to a `pairing` function that
     treats anything but 'greedy' as random, so its CIFAR script pairs at random; its FGVC code and the
     paper pair greedily, as here by default.
@@ -379,8 +385,9 @@ class AlignMixup(Method):
     last stage, before pooling) the partner's map is aligned to the sample's, or the sample's to the
     partner's (1/2 each), by an entropic optimal-transport plan between their H*W feature vectors, and the
     two are mixed with lam (`transport.align_features`). Labels: lam and 1 - lam.
-    Defaults: alpha 2 (README commands, `--alpha 2.0`); Sinkhorn eps 0.1 and max_iter 100
-    (`SinkhornDistance(eps=0.1, max_iter=100)`), threshold 0.1 (`utils/OT.py`). The stopping test runs every
+    Defaults: alpha 2 (README commands and `cifar10_100/main.py` `--alpha`, default 2.0); Sinkhorn eps 0.1
+    and max_iter 100 (`resnet18_classifier.py` line 27, `SinkhornDistance(eps=0.1, max_iter=100)`),
+    threshold 0.1 (`utils/OT.py`, `thresh = 1e-1`). The stopping test runs every
     10 iterations instead of every iteration, to spare host-device synchronisations.
     """
 
