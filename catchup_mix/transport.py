@@ -42,7 +42,8 @@ def greedy_assignment(cost: torch.Tensor, rounds: int) -> torch.Tensor:
         bidder = torch.where(bid == lowest.gather(-1, choice), patches, n)
         winner = torch.full_like(patches, n).scatter_reduce(-1, choice, bidder, "amin")  # n: no bid
         lost = winner.gather(-1, choice) != patches
-        cost.scatter_add_(-1, choice.unsqueeze(-1), lost.to(cost.dtype).unsqueeze(-1))
+        # each patch writes only its own chosen entry: a plain scatter, deterministic on the GPU too
+        cost.scatter_(-1, choice.unsqueeze(-1), (bid + lost.to(cost.dtype)).unsqueeze(-1))
     return torch.where(winner < n, winner, patches)
 
 
@@ -77,22 +78,23 @@ def sinkhorn(cost: torch.Tensor, eps: float, max_iter: int = 100, threshold: flo
 
     cost: (B, n, m). Returns the plan (B, n, m) with rows summing to 1/n and columns to 1/m, minimising
     <plan, cost> - eps * entropy(plan): the plan of POT's `ot.sinkhorn(a, b, cost, reg=eps)`.
-    Dual updates u_i = eps (log a_i - logsumexp_j (v_j - C_ij) / eps) and the same for v, as the original;
-    it stops once the batch mean of sum_i |u_i - u_i(previous)| falls below `threshold`, tested every
-    `check_every` iterations (the original tests every iteration, which makes the CPU wait for the GPU
-    each time), or after max_iter iterations.
+    Dual updates u_i = eps (log a_i - logsumexp_j (v_j - C_ij) / eps) and the same for v, as the original
+    (kept here divided by eps); it stops once the batch mean of sum_i |u_i - u_i(previous)| falls below
+    `threshold`, tested every `check_every` iterations (the original tests every iteration, which makes the
+    CPU wait for the GPU each time), or after max_iter iterations.
     """
     batch, n, m = cost.shape
-    log_a = torch.full((batch, n), -math.log(n), device=cost.device, dtype=cost.dtype)
-    log_b = torch.full((batch, m), -math.log(m), device=cost.device, dtype=cost.dtype)
-    u, v = torch.zeros_like(log_a), torch.zeros_like(log_b)
+    kernel = -cost / eps  # log of the Gibbs kernel
+    log_a, log_b = -math.log(n), -math.log(m)
+    f = torch.zeros(batch, n, 1, device=cost.device, dtype=cost.dtype)  # u / eps
+    g = torch.zeros(batch, 1, m, device=cost.device, dtype=cost.dtype)  # v / eps
     for iteration in range(1, max_iter + 1):
-        previous = u
-        u = eps * (log_a - torch.logsumexp((v.unsqueeze(1) - cost) / eps, dim=2))
-        v = eps * (log_b - torch.logsumexp((u.unsqueeze(2) - cost) / eps, dim=1))
-        if iteration % check_every == 0 and float((u - previous).abs().sum(-1).mean()) < threshold:
+        previous = f
+        f = log_a - torch.logsumexp(kernel + g, dim=2, keepdim=True)
+        g = log_b - torch.logsumexp(kernel + f, dim=1, keepdim=True)
+        if iteration % check_every == 0 and eps * float((f - previous).abs().sum((1, 2)).mean()) < threshold:
             break
-    return torch.exp((u.unsqueeze(2) + v.unsqueeze(1) - cost) / eps)
+    return torch.exp(kernel + f + g)
 
 
 def align_features(features: torch.Tensor, lam: float, perm: torch.Tensor, direction: int, eps: float = 0.1,
