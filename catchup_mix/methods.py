@@ -12,7 +12,9 @@ torch.Generator, so a seeded generator repeats a batch exactly on any device.
 The one extension of the call: `model=`. Methods whose mixing depends on the network (saliency from an
 input gradient, as PuzzleMix and Co-Mixup compute it) set `needs_model = True` and receive the model the
 trainer is training; the others ignore it. The trainer always passes it, so it never needs to know which
-method it runs. Partners are a random
+method it runs. This module holds the registry and the simple methods; the saliency- and
+transport-based baselines (SaliencyMix, PuzzleMix, Co-Mixup, GuidedMixup, AlignMixup) are in
+`catchup_mix.baselines`, registered when the package is imported. Partners are a random
 permutation of the batch, as in the Mixup, CutMix, Manifold Mixup and PuzzleMix code; torchvision's
 v2 MixUp/CutMix and timm pair each sample with its neighbour in a flipped batch and cannot mix hidden
 layers, so the ops here are our own (`catchup_mix.ops`).
@@ -35,7 +37,9 @@ class MixedBatch:
     `lam` is the weight of `targets_a` in the loss: a float for the whole batch, or a (B,) tensor of
     per-sample weights. With Catch-up Mix's `label="channels"` the feature hook sets it when it fires, so
     read it (and `target_distribution`) after the forward pass. Methods that mix more than two samples
-    into one (Co-Mixup) give `soft_targets`, a (B, num_classes) distribution that replaces the pair.
+    into one (Co-Mixup) give `soft_targets = (classes, weights)`, both (B, K): sample i's target puts
+    weights[i, k] on class classes[i, k] (rows sum to 1; a class may repeat). It replaces the pair, which
+    then only summarises it; `target_distribution` is the exact target either way.
     """
 
     inputs: torch.Tensor
@@ -44,12 +48,16 @@ class MixedBatch:
     lam: float | torch.Tensor
     layer: int | None = None  # the mixing point: 0 = input image, k >= 1 = the model's hook point k
     feature_hook: Callable[[torch.Tensor, int], torch.Tensor] | None = None
-    soft_targets: torch.Tensor | None = None
+    soft_targets: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def target_distribution(self, num_classes: int) -> torch.Tensor:
-        """The (B, num_classes) training target: lam * onehot(targets_a) + (1 - lam) * onehot(targets_b)."""
+        """The (B, num_classes) training target: lam * onehot(targets_a) + (1 - lam) * onehot(targets_b),
+        or the mixture `soft_targets` describes."""
         if self.soft_targets is not None:
-            return self.soft_targets
+            classes, weights = self.soft_targets
+            # a scatter-add, not F.one_hot: no label check on the CPU, and a class that repeats adds up
+            target = torch.zeros(len(classes), num_classes, device=weights.device)
+            return target.scatter_add_(1, classes, weights.float())
         return ops.mixed_targets(self.targets_a, self.targets_b, self.lam, num_classes)
 
 

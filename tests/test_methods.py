@@ -8,6 +8,7 @@ import torchvision
 
 from catchup_mix import methods, mixed_cross_entropy, models
 from catchup_mix.methods import MixedBatch
+from catchup_mix.ops import soft_target_loss
 
 SMALL_WIDTH = {"preactresnet18": 8, "wrn16_8": 4, "resnext29_4_24": 16}
 
@@ -17,8 +18,12 @@ def small_model(name, num_classes=10, image_size=32):
     return models.build(name, num_classes, image_size=image_size, width=width)
 
 
-def every_method(num_hook_points):
-    return [methods.build(name, num_hook_points=num_hook_points) for name in methods.available()]
+def every_method(num_hook_points, **options):
+    return [methods.build(name, num_hook_points=num_hook_points, **options) for name in methods.available()]
+
+
+def as_tensor(lam):
+    return torch.as_tensor(lam, dtype=torch.float32)
 
 
 def seeded(seed=0):
@@ -56,12 +61,16 @@ def test_bad_catchup_options_raise(options, message):
 
 def test_every_method_returns_the_uniform_batch():
     images, labels = torch.randn(8, 3, 32, 32), torch.arange(8)
-    for method in every_method(5):
-        batch = method(images, labels, generator=seeded())
+    model = small_model("preactresnet18")
+    for method in every_method(5, prob=1.0):
+        batch = method(images, labels, generator=seeded(), model=model)
         assert isinstance(batch, MixedBatch)
-        assert batch.inputs.shape == images.shape and 0.0 <= batch.lam <= 1.0
+        lam = as_tensor(batch.lam)
+        assert batch.inputs.shape == images.shape and ((0 <= lam) & (lam <= 1)).all()
+        assert lam.dim() == 0 or lam.shape == labels.shape
         assert batch.targets_a.shape == batch.targets_b.shape == labels.shape
-        assert sorted(batch.targets_b.tolist()) == labels.tolist()  # a permutation of the labels
+        if batch.soft_targets is None:  # else the pair only summarises the mixture (Co-Mixup)
+            assert sorted(batch.targets_b.tolist()) == labels.tolist()  # a permutation of the labels
         assert (batch.layer is None) == (method.name == "vanilla")
         assert (batch.feature_hook is None) == (batch.layer in (None, 0))
 
@@ -69,11 +78,13 @@ def test_every_method_returns_the_uniform_batch():
 def test_same_seeded_generator_gives_identical_batches():
     images, labels = torch.randn(16, 3, 32, 32), torch.arange(16)
     features = torch.randn(16, 32, 8, 8)
+    model = small_model("preactresnet18", num_classes=16)
     for method in every_method(5):
         for seed in range(6):
-            first, second = (method(images, labels, generator=seeded(seed)) for _ in range(2))
-            assert torch.equal(first.inputs, second.inputs) and first.lam == second.lam
+            first, second = (method(images, labels, generator=seeded(seed), model=model) for _ in range(2))
+            assert torch.equal(first.inputs, second.inputs) and torch.equal(as_tensor(first.lam), as_tensor(second.lam))
             assert first.layer == second.layer and torch.equal(first.targets_b, second.targets_b)
+            assert torch.equal(first.target_distribution(16), second.target_distribution(16))
             if first.feature_hook is not None:
                 mixed = first.feature_hook(features, first.layer)
                 assert torch.equal(mixed, second.feature_hook(features, second.layer))
@@ -161,12 +172,12 @@ def test_every_method_trains_one_step_on_every_model(model_name):
     torch.manual_seed(0)
     model = small_model(model_name)
     images, labels = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
-    for method in every_method(model.num_hook_points):
+    for method in every_method(model.num_hook_points, prob=1.0):
         optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
         before = [p.detach().clone() for p in model.parameters()]
-        batch = method(images, labels, generator=seeded())
+        batch = method(images, labels, generator=seeded(), model=model)
         logits = model(batch.inputs, feature_hook=batch.feature_hook)
-        loss = mixed_cross_entropy(logits, batch.targets_a, batch.targets_b, batch.lam)
+        loss = soft_target_loss(logits, batch.target_distribution(10))
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

@@ -189,7 +189,7 @@ def test_presets_hold_the_protocols_of_method_md():
         (dict(model="resnet1000"), "unknown model 'resnet1000'; available: preactresnet18"),
         (dict(method="mixxup"), "unknown method 'mixxup'; available: vanilla"),
         (dict(dataset="imagenet"), "unknown dataset 'imagenet'; available: synthetic"),
-        (dict(method="catchup_mix", method_options={"alpa": 1}), "valid options: .*alpha"),
+        (dict(method="catchup_mix", method_options={"alpa": 1}), "settable with --set method_options.NAME=VALUE: .*alpha"),
         (dict(method="catchup_mix", method_options={"layers": [0, 7]}), r"layers must be .* \[0, 5\]"),
         (dict(model="wrn16_8", method="catchup_mix", method_options={"layers": [5]}), r"\[0, 4\]"),
         (dict(milestones=[100, "x"]), "milestones must be list"),
