@@ -63,6 +63,10 @@ class Config:
     compile: bool = False  # torch.compile the model
     output_dir: str = "runs/default"
     log_every: int = 50  # steps between progress updates and finite-loss checks
+    # filter probe: after each epoch, channel-norm Gini, top-10% share and lagging fraction per hook point of
+    # this many fixed test images, into metrics.jsonl and TensorBoard (catchup_mix.analysis); 0 = off
+    filter_probe: int = 0
+    lagging_threshold: float = 0.1  # a channel lags when its mean norm is under this x its layer's mean
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -168,6 +172,9 @@ def validate(config: Config) -> None:
     check(config.label_smoothing < 1, f"label_smoothing must be < 1, got {config.label_smoothing}")
     check(0 < config.gamma <= 1, f"gamma must lie in (0, 1], got {config.gamma}")
     check(all(m >= 1 for m in config.milestones), f"milestones must be epochs >= 1, got {config.milestones}")
+    check(config.filter_probe >= 0, f"filter_probe must be >= 0 (0 = off), got {config.filter_probe}")
+    check(math.isfinite(config.lagging_threshold) and config.lagging_threshold > 0,
+          f"lagging_threshold must be a positive number, got {config.lagging_threshold}")
     for key in ("num_classes", "train_per_class", "test_per_class", "width"):
         value = getattr(config, key)
         check(value is None or value >= 1, f"{key} must be >= 1 or null, got {value}")

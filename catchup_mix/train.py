@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from . import data, methods, models, provenance
+from . import analysis, data, methods, models, provenance
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint, write_json, write_jsonl
 from .config import Config, ConfigError, resolve_runtime, to_dict
 from .evaluate import evaluate
@@ -200,6 +200,10 @@ def train(config: Config, resume: bool = False) -> dict:
               f"{len(dataset.test.labels)} test images, {steps_per_epoch} steps per epoch, "
               f"{provenance.describe(info)}", flush=True)
     writer = _tensorboard(run_dir, start_epoch) if is_main else None
+    # The filter probe looks at fixed test images after each evaluation: it draws from no generator and
+    # leaves the model as it was, so a run trains the same with it on or off.
+    probe_images = analysis.fixed_batch(dataset, "test", config.filter_probe, device)[0] if (
+        config.filter_probe and is_main) else None
 
     best_top1 = max((row["test_top1"] for row in history), default=-1.0)
     for epoch in range(start_epoch, config.epochs + 1):
@@ -207,6 +211,8 @@ def train(config: Config, resume: bool = False) -> dict:
                           autocast, scaler, config, epoch, device, show=is_main)
         test = evaluate(model, test_loader, device, autocast)
         row.update({f"test_{key}": value for key, value in test.items() if key != "n"})
+        if probe_images is not None:
+            row.update(analysis.probe_filters(model, probe_images, config.lagging_threshold))
         history.append(row)
 
         generator_states = [mixing_generator.get_state()]
@@ -351,6 +357,8 @@ def _log_epoch(row: dict, writer) -> None:
     for key, value in row.items():
         if isinstance(value, int | float) and key != "epoch":
             writer.add_scalar(key, value, row["epoch"])
-    for layer, count in row.get("layer_counts", {}).items():
-        writer.add_scalar(f"layer_counts/{layer}", count, row["epoch"])
+    for key, values in row.items():
+        if isinstance(values, dict):  # layer_counts, filter statistics: one curve per entry
+            for name, value in values.items():
+                writer.add_scalar(f"{key}/{name}", value, row["epoch"])
     writer.flush()

@@ -54,10 +54,11 @@ def list_artifacts(names_only: bool) -> None:
         print("\n".join(ARTIFACTS))
         return
     paper = Settings("paper", [0, 1, 2], Path("."))
-    print(f"{'artifact':<14} {'runs (3 seeds)':>14} {'H100 hours':>10}  what it reproduces (scales: smoke, paper)")
+    width = max(len("artifact"), *map(len, ARTIFACTS))
+    print(f"{'artifact':<{width}} {'runs (3 seeds)':>14} {'H100 hours':>10}  what it reproduces (scales: smoke, paper)")
     for name, artifact in ARTIFACTS.items():
         runs = len(artifact.plan(paper))
-        print(f"{name:<14} {runs:>14} {gpu_hours(artifact, paper):>10.1f}  {artifact.reproduces}")
+        print(f"{name:<{width}} {runs:>14} {gpu_hours(artifact, paper):>10.1f}  {artifact.reproduces}")
     print(f"\nH100 hours: a rough estimate from the networks' FLOPs at an assumed {ASSUMED_TFLOPS} TFLOP/s "
           "sustained (bf16), not a measurement; shared runs (e.g. figure_mixing reuses table1's) count in each.")
 

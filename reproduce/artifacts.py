@@ -16,7 +16,7 @@ from pathlib import Path
 from catchup_mix import methods
 from catchup_mix.config import PRESETS
 
-from . import report
+from . import filters, report
 from .runner import Run
 
 
@@ -234,6 +234,35 @@ def render_figure_mixing(settings, results, measurement):
     return mixing_figure.render(settings, measurement)
 
 
+# ---------------------------------------------------------------------------------------------------
+# Filter analysis (filters.py): table 1's PreActResNet-18 runs, measured; the lagging probe's own runs
+
+
+def plan_filter_analysis(settings: Settings) -> list[Run]:
+    """Table 1's PreActResNet-18 run of every method: the same runs (and keys), trained once for both."""
+    return [run for run in plan_table1(settings) if run.labels["section"] == "preactresnet18"]
+
+
+# figure_lagging at paper scale: a shorter protocol than table 1's 300 epochs, to keep the extra runs cheap:
+# the Co-Mixup preset over 100 epochs, lr x0.1 at a third and two thirds of them, as 100/200 of 300.
+PAPER_LAGGING = dict(epochs=100, milestones=[33, 67])
+
+
+def plan_lagging(settings: Settings) -> list[Run]:
+    """Every method with the filter probe on: at smoke scale table 1's smoke protocol, at paper scale
+    PAPER_LAGGING. Runs of their own (the probe is in the run key), so the probe's numbers exist."""
+    base = with_model(base_config(settings, "cifar100_300ep"), "preactresnet18", settings.scale)
+    base |= {"filter_probe": filters.PROBE_IMAGES[settings.scale]}
+    if settings.scale == "paper":
+        base |= PAPER_LAGGING
+    return grid("figure_lagging", settings, base, {"preactresnet18": {}})
+
+
+def measured_only(hours: float):
+    """paper_gpu_hours of a measurement on the GPU after the runs (a rough figure, like the rest of `list`)."""
+    return lambda settings: hours
+
+
 ARTIFACTS = {
     artifact.name: artifact
     for artifact in [
@@ -252,5 +281,20 @@ ARTIFACTS = {
         Artifact("figure_mixing", "Figure 2 in data: one real pair's feature maps before and after Catch-up "
                  "Mix at each layer, with channel norms and the mask", plan_figure_mixing, render_figure_mixing,
                  measure=measure_figure_mixing),
+        Artifact("figure_filters", "channel-norm distribution, Gini, top-10% share and lagging channels per layer "
+                 "(PreActResNet-18, every method, table 1's runs)", plan_filter_analysis, filters.render_filters,
+                 measure=filters.measure_filters, paper_gpu_hours=measured_only(0.01)),
+        Artifact("figure_lagging", "lagging channels and Gini per layer over the epochs, from the trainer's filter "
+                 "probe (PreActResNet-18, every method; paper scale: 100-epoch protocol)", plan_lagging,
+                 filters.render_lagging),
+        Artifact("figure_reliance", "test top-1 with the top / lowest / random p% channels zeroed at each layer "
+                 "(PreActResNet-18, every method, table 1's runs)", plan_filter_analysis, filters.render_reliance,
+                 measure=filters.measure_reliance, paper_gpu_hours=measured_only(0.1)),
+        Artifact("figure_landscape", "filter-normalised 1-D and 2-D loss landscapes, top Hessian eigenvalue and "
+                 "trace (PreActResNet-18, every method, table 1's runs)", plan_filter_analysis,
+                 filters.render_landscape, measure=filters.measure_landscape, paper_gpu_hours=measured_only(0.5)),
+        Artifact("figure_gradcam", "Grad-CAM at the last stage for fixed test images (PreActResNet-18, every "
+                 "method, table 1's runs)", plan_filter_analysis, filters.render_gradcam,
+                 measure=filters.measure_gradcam, paper_gpu_hours=measured_only(0.01)),
     ]
 }
