@@ -36,6 +36,7 @@ Where the network looks:
   channel maps weighted by the spatial mean of the target logit's gradient.
 """
 
+import contextlib
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -77,18 +78,15 @@ def _labelled(pairs: list) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return pairs
 
 
-class _EvalMode:
+@contextlib.contextmanager
+def _eval_mode(model: torch.nn.Module):
     """Eval mode inside the block, the model's own modes (per module) restored after."""
-
-    def __init__(self, model: torch.nn.Module):
-        self.model = model
-
-    def __enter__(self):
-        self.modes = {module: module.training for module in self.model.modules()}
-        self.model.eval()
-
-    def __exit__(self, *exc):
-        for module, training in self.modes.items():
+    modes = {module: module.training for module in model.modules()}
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, training in modes.items():
             module.training = training
 
 
@@ -100,12 +98,12 @@ def fixed_batch(dataset: data.Dataset, split: str, count: int, device="cpu") -> 
     """
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    images = getattr(dataset, split)
     if count < 1:
         raise ValueError(f"count must be at least 1, got {count}")
-    count = min(count, len(images))
-    index = torch.linspace(0, len(images) - 1, count).round().long()
-    subset = data.ImageSplit(images.images[index], images.labels[index])
+    whole = getattr(dataset, split)
+    count = min(count, len(whole))
+    index = torch.linspace(0, len(whole) - 1, count).round().long()
+    subset = data.ImageSplit(whole.images[index], whole.labels[index])
     loader = data.BatchLoader(subset, count, mean=dataset.mean, std=dataset.std, train=False,
                               crop_size=dataset.crop_size, device=device)
     return next(iter(loader))
@@ -127,7 +125,7 @@ def channel_norms(model: torch.nn.Module, batches: Batches) -> dict[int, torch.T
         return features
 
     count = 0
-    with _EvalMode(model):
+    with _eval_mode(model):
         for inputs, _ in _pairs(batches, model):
             model(inputs, feature_hook=observe)
             count += len(inputs)
@@ -243,7 +241,7 @@ def reliance(model: torch.nn.Module, batches: Batches, hook_point: int,
         raise ValueError(f"hook_point must lie in 1..{model.num_hook_points}, got {hook_point}")
     if any(not 0 <= p <= 1 for p in fractions):
         raise ValueError(f"fractions must lie in [0, 1], got {list(fractions)}")
-    with _EvalMode(model):
+    with _eval_mode(model):
         if norms is None:
             norms = channel_norms(model, pairs)[hook_point]
         order = torch.as_tensor(norms).argsort(descending=True)
@@ -330,7 +328,7 @@ def hessian_top_eigenvalue(model: torch.nn.Module, loss_fn: Callable, batches: B
     parameters = _parameters(model)
     vector = _random_like(parameters, torch.Generator().manual_seed(seed))
     eigenvalue = None
-    with _EvalMode(model):
+    with _eval_mode(model):
         for _ in range(iters):
             norm = math.sqrt(_dot(vector, vector))
             vector = [v / norm for v in vector]
@@ -354,7 +352,7 @@ def hessian_trace(model: torch.nn.Module, loss_fn: Callable, batches: Batches, s
     parameters = _parameters(model)
     generator = torch.Generator().manual_seed(seed)
     total = 0.0
-    with _EvalMode(model):
+    with _eval_mode(model):
         for _ in range(samples):
             vector = _random_like(parameters, generator, rademacher=True)
             total += _dot(vector, _hessian_vector_product(model, loss_fn, pairs, parameters, vector))
@@ -384,7 +382,7 @@ def _loss_surface(model, loss_fn, batches, directions, grid) -> list[float]:
     parameters = _parameters(model)
     original = [p.detach().clone() for p in parameters]
     losses = []
-    with _EvalMode(model):
+    with _eval_mode(model):
         try:
             for steps in grid:
                 for p, w, *offsets in zip(parameters, original, *directions, strict=True):
@@ -442,7 +440,7 @@ def grad_cam(model: torch.nn.Module, images: torch.Tensor, targets: torch.Tensor
             captured["maps"] = features
         return features
 
-    with _EvalMode(model), torch.enable_grad():
+    with _eval_mode(model), torch.enable_grad():
         logits = model(images, feature_hook=capture)
         # samples do not interact in eval mode, so one backward of the summed scores gives each its own
         (gradient,) = torch.autograd.grad(logits.gather(1, targets.view(-1, 1)).sum(), captured["maps"])

@@ -202,8 +202,9 @@ def train(config: Config, resume: bool = False) -> dict:
     writer = _tensorboard(run_dir, start_epoch) if is_main else None
     # The filter probe looks at fixed test images after each evaluation: it draws from no generator and
     # leaves the model as it was, so a run trains the same with it on or off.
-    probe_images = analysis.fixed_batch(dataset, "test", config.filter_probe, device)[0] if (
-        config.filter_probe and is_main) else None
+    probe_images = None
+    if config.filter_probe and is_main:
+        probe_images, _ = analysis.fixed_batch(dataset, "test", config.filter_probe, device)
 
     best_top1 = max((row["test_top1"] for row in history), default=-1.0)
     for epoch in range(start_epoch, config.epochs + 1):

@@ -49,7 +49,7 @@ SETUP = {
                   alphas_1d=_grid(41), grid_2d=_grid(21), hessian_iters=50, trace_samples=50, gradcam_images=8),
 }
 # figure_lagging's runs: the probe on this many fixed test images (at most 2% of an epoch, see README).
-PROBE_IMAGES = {"smoke": 50, "paper": 500}
+PROBE_IMAGES = {"smoke": 25, "paper": 500}
 DATASET_TITLES = {**report.DATASET_TITLES, "cifar100": "CIFAR-100", "cifar10": "CIFAR-10",
                   "tiny_imagenet": "Tiny-ImageNet", "imagefolder": "image-folder"}
 
@@ -195,7 +195,9 @@ def render_filters(settings, results, measurement):
         ax.set_xticks(range(len(hook_points)), [f"k={k}\n{_hook_name(k)}" for k in hook_points], fontsize=8)
         ax.set_xlabel("hook point", fontsize=8)
         ax.set_ylabel(label, fontsize=8)
-        ax.set_ylim(bottom=0, top=max(ax.get_ylim()[1], 1e-3))  # a layer without lagging channels sits on 0
+        if name == "lagging":  # often 0 everywhere: 0 near the bottom, not mid-axis, lines visible
+            top = max(ax.get_ylim()[1], 5.0)
+            ax.set_ylim(-0.03 * top, top)
         ax.grid(alpha=0.3)
         if i == 0:
             ax.legend(fontsize=7)
@@ -228,6 +230,8 @@ def render_filters(settings, results, measurement):
 
 def render_lagging(settings, results, measurement):
     plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
     done = [(run, result) for run, result in results if result is not None]
     if not done:
         return []
@@ -240,8 +244,9 @@ def render_lagging(settings, results, measurement):
     numbers = {"probe_images": config["filter_probe"], "lagging_threshold": config.get("lagging_threshold",
                                                                                         LAGGING_THRESHOLD),
                "methods": {}}
-    rows = (("filter_lagging", "lagging channels (%)", 100), ("filter_gini", "Gini of the channel norms", 1))
-    fig, axes = plt.subplots(2, len(hook_points), figsize=(3.3 * len(hook_points), 6.4), squeeze=False)
+    rows = (("filter_lagging", "lagging channels (%)", 100), ("filter_gini", "Gini of the channel norms", 1),
+            ("filter_top_share", "share of the top 10% channels (%)", 100))
+    fig, axes = plt.subplots(len(rows), len(hook_points), figsize=(3.3 * len(hook_points), 9.0), squeeze=False)
     for row, (key, label, scale) in zip(axes, rows, strict=True):
         for ax, k in zip(row, hook_points, strict=True):
             for method, group in groups.items():
@@ -254,15 +259,19 @@ def render_lagging(settings, results, measurement):
                 entry[k] = {"epochs": epochs, "mean": mean, "std": std}
             ax.set_title(f"k={k}: {_hook_name(k)}", fontsize=9)
             ax.set_xlabel("epoch", fontsize=8)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.grid(alpha=0.3)
+            if key == "filter_lagging":  # often 0 throughout: 0 near the bottom, not mid-axis, lines visible
+                top = max(ax.get_ylim()[1], 5.0)
+                ax.set_ylim(-0.03 * top, top)
         row[0].set_ylabel(label, fontsize=8)
     axes[0, 0].legend(fontsize=7)
     # the probe's own cost, logged by every probed epoch, against the epoch's training time (test pass excluded)
     costs = [line["filter_probe_s"] / line["epoch_time_s"] for _, result in done for line in result["history"]]
-    _suptitle(fig, settings, f"Lagging channels over training (probe: {numbers['probe_images']} fixed test images "
-              f"after each epoch, median cost {100 * statistics.median(costs):.1f}% of an epoch's training time; "
-              f"lagging = norm under {numbers['lagging_threshold']:g} x the layer mean; band: std over seeds)", config,
-              [run.seed for run, _ in done])
+    _suptitle(fig, settings, f"Lagging channels over training: channel-norm statistics of {numbers['probe_images']} "
+              f"fixed test images after each epoch (lagging: norm under {numbers['lagging_threshold']:g} x the layer "
+              f"mean; band: std over seeds; probe cost: median {100 * statistics.median(costs):.1f}% of an epoch's "
+              "training time)", config, [run.seed for run, _ in done])
     numbers["probe_cost_fraction_of_epoch"] = {"median": statistics.median(costs), "max": max(costs)}
     numbers["config"] = config
     numbers["commits"] = sorted({result["summary"]["provenance"]["commit"] for _, result in done})
@@ -385,10 +394,11 @@ def render_landscape(settings, results, measurement):
     images = measurement["runs"][0]["images"]
     numbers = {"setup": setup, "methods": {}}
 
-    fig = plt.figure(figsize=(3.2 * max(len(groups), 4), 7.4))
-    grid = fig.add_gridspec(2, 4 * len(groups))
-    third = 4 * len(groups) // 3
-    ax = fig.add_subplot(grid[0, :third + 2])
+    # top: the 1-D curves, the eigenvalues, the traces; bottom: one 2-D panel per method and a colour bar
+    n = len(groups)
+    fig = plt.figure(figsize=(3.2 * max(n, 4), 8.0))
+    grid = fig.add_gridspec(2, 4 * n + 1, width_ratios=[1] * 4 * n + [1.2])
+    ax = fig.add_subplot(grid[0, :2 * n - 1])
     for method, records in groups.items():
         mean, std = _mean_std([r["landscape_1d"] for r in records])
         ax.plot(setup["alphas_1d"], mean, color=colours[method], lw=1.2, marker=".", label=method)
@@ -398,11 +408,9 @@ def render_landscape(settings, results, measurement):
     ax.set_title("1-D landscape (alpha = 0: the checkpoint)", fontsize=9)
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
-    for position, (key, label) in enumerate((("top_eigenvalue", "top Hessian eigenvalue"),
-                                             ("trace", "Hessian trace (Hutchinson)"))):
-        start = third + 2 + position * (4 * len(groups) - third - 2) // 2
-        end = third + 2 + (position + 1) * (4 * len(groups) - third - 2) // 2
-        ax = fig.add_subplot(grid[0, start + 1:end])
+    for columns, (key, label) in ((slice(2 * n, 3 * n), ("top_eigenvalue", "top Hessian eigenvalue")),
+                                  (slice(3 * n + 1, 4 * n + 1), ("trace", "Hessian trace (Hutchinson)"))):
+        ax = fig.add_subplot(grid[0, columns])
         for i, (method, records) in enumerate(groups.items()):
             values = [r[key] for r in records]
             std = statistics.stdev(values) if len(values) > 1 else 0.0
@@ -417,7 +425,8 @@ def render_landscape(settings, results, measurement):
     surfaces = {m: torch.tensor(records[0]["landscape_2d"]) for m, records in groups.items()}
     low = min(float(s.min()) for s in surfaces.values())
     high = max(float(s.quantile(0.9)) for s in surfaces.values())
-    levels = torch.linspace(low, max(high, low + 1e-3), 13).tolist()
+    # geometric levels: fine near the minimum, coarse up the walls (losses are positive)
+    levels = torch.logspace(torch.tensor(low).log10(), torch.tensor(max(high, 1.01 * low)).log10(), 13).tolist()
     steps = setup["grid_2d"]
     for i, (method, surface) in enumerate(surfaces.items()):
         ax = fig.add_subplot(grid[1, 4 * i:4 * i + 4])
@@ -428,9 +437,14 @@ def render_landscape(settings, results, measurement):
         ax.set_xlabel("alpha (direction 1)", fontsize=8)
         if i == 0:
             ax.set_ylabel("beta (direction 2)", fontsize=8)
+        else:
+            ax.tick_params(labelleft=False)
         ax.set_aspect("equal")
+        ax.set_xticks([-0.5 * steps[-1], 0, 0.5 * steps[-1]])  # none at the edges, where neighbours meet
+        ax.set_yticks([-0.5 * steps[-1], 0, 0.5 * steps[-1]])
         numbers["methods"][method]["landscape_2d"] = {"alphas": steps, "betas": steps, "loss": surface.tolist()}
-    fig.colorbar(filled, ax=fig.axes[-len(surfaces):], label="training loss", shrink=0.9)
+    # the colour bar beside the last panel, in the grid's narrow last column
+    fig.colorbar(filled, cax=ax.inset_axes((1.08, 0, 0.08, 1)), label="training loss", format="%.2f")
     _suptitle(fig, settings, f"Flatness around the last-epoch checkpoint: filter-normalised loss landscapes (Li et "
               f"al. 2018; directions from seed 0, biases and BN parameters not moved; {len(steps)}x{len(steps)} grid) "
               f"and Hessian spectrum ({setup['hessian_iters']} power iterations at most, {setup['trace_samples']} "

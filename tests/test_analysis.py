@@ -364,12 +364,14 @@ def test_a_run_keeps_its_key_with_the_probe_off_and_is_its_own_run_with_it_on():
 
 TINY_TRAINING = dict(epochs=2, batch_size=10, lr=0.05, schedule="onecycle", weight_decay=5e-4, log_every=10**6,
                      device="cpu")
-TINY_SETUP = dict(reliance_fractions=(0.0, 0.25, 0.5), landscape_images=20, landscape_batch=10, alphas_1d=(-1, 0, 1),
-                  grid_2d=(-1, 0, 1), hessian_iters=3, trace_samples=2, gradcam_images=2)
+TINY_SETUP = dict(reliance_fractions=(0.0, 0.25, 0.5), landscape_images=20, landscape_batch=20, alphas_1d=(-1, 0, 1),
+                  grid_2d=(-1, 0, 1), hessian_iters=2, trace_samples=1, gradcam_images=2)
+TINY_REGISTRY = ["vanilla", "catchup_mix"]  # every artifact covers the registry: two methods are enough here
 
 
 @pytest.fixture
 def tiny_scale(monkeypatch):
+    monkeypatch.setattr(methods, "available", lambda: list(TINY_REGISTRY))
     monkeypatch.setattr(artifacts, "SMOKE_TRAINING", TINY_TRAINING)
     monkeypatch.setattr(artifacts, "SMOKE_SUBSET", dict(num_classes=2, train_per_class=10, test_per_class=5))
     monkeypatch.setattr(artifacts, "SMOKE_WIDTH", {"preactresnet18": 4, "wrn16_8": 1, "resnext29_4_24": 8})
@@ -384,6 +386,7 @@ def figure_is_drawn(out, name):
     return json.loads((out / "figures" / "smoke" / f"{name}.json").read_text())
 
 
+@pytest.mark.slow
 def test_filter_artifacts_share_table1_runs_and_write_figures_numbers_and_tables(tmp_path, tiny_scale):
     settings = artifacts.Settings("smoke", [0], tmp_path)
     table1 = {run.key for run in artifacts.plan_table1(settings)}
@@ -404,17 +407,18 @@ def test_filter_artifacts_share_table1_runs_and_write_figures_numbers_and_tables
     assert reliance["top"]["mean"][0] == reliance["lowest"]["mean"][0] == reliance["random"]["mean"][0]
     assert "| vanilla |" in (tmp_path / "tables" / "smoke" / "figure_reliance.md").read_text()
 
-    landscape = figure_is_drawn(tmp_path, "figure_landscape")["methods"]["cutmix"]
+    landscape = figure_is_drawn(tmp_path, "figure_landscape")["methods"]["catchup_mix"]
     center = landscape["landscape_1d"]["mean"][1]
     assert landscape["landscape_2d"]["loss"][1][1] == pytest.approx(center)  # both pass through the checkpoint
     assert landscape["top_eigenvalue"]["mean"] > 0
     table = (tmp_path / "tables" / "smoke" / "figure_landscape.md").read_text()
-    assert "Top eigenvalue" in table and "| mixup |" in table
+    assert "Top eigenvalue" in table and "| vanilla |" in table
 
     gradcam = figure_is_drawn(tmp_path, "figure_gradcam")
     assert gradcam["labels"] == [0, 1] and len(gradcam["methods"]["catchup_mix"]["cams"]) == 2
 
 
+@pytest.mark.slow
 def test_lagging_artifact_trains_its_own_probed_runs_and_draws_them(tmp_path, tiny_scale):
     settings = artifacts.Settings("smoke", [0], tmp_path)
     runs = artifacts.plan_lagging(settings)
@@ -428,6 +432,7 @@ def test_lagging_artifact_trains_its_own_probed_runs_and_draws_them(tmp_path, ti
     assert curve["epochs"] == [1, 2] and all(0 <= value <= 100 for value in curve["mean"])
 
 
+@pytest.mark.slow
 def test_a_result_without_its_checkpoint_is_trained_again_for_a_measurement(tmp_path, tiny_scale):
     run = artifacts.plan_filter_analysis(artifacts.Settings("smoke", [0], tmp_path))[0]
     result = runner.execute(run, tmp_path)
