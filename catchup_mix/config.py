@@ -65,6 +65,10 @@ class Config:
     output_dir: str = "runs/default"
     eval_every: int = 1  # test every k epochs, and at each of the last 10 epochs
     log_every: int = 50  # steps between progress updates and finite-loss checks
+    # filter probe: after each epoch, channel-norm Gini, top-10% share and lagging fraction per hook point of
+    # this many fixed test images, into metrics.jsonl and TensorBoard (catchup_mix.analysis); 0 = off
+    filter_probe: int = 0
+    lagging_threshold: float = 0.1  # a channel lags when its mean norm is under this x its layer's mean
 
 
 # The reference protocols, every setting spelled out: docs/protocols.md gives the file and line of the
@@ -179,6 +183,9 @@ def validate(config: Config) -> None:
     check(all(m >= 1 for m in config.milestones), f"milestones must be epochs >= 1, got {config.milestones}")
     check(config.crop_padding is None or config.crop_padding >= 0,
           f"crop_padding must be >= 0 or null, got {config.crop_padding}")
+    check(config.filter_probe >= 0, f"filter_probe must be >= 0 (0 = off), got {config.filter_probe}")
+    check(math.isfinite(config.lagging_threshold) and config.lagging_threshold > 0,
+          f"lagging_threshold must be a positive number, got {config.lagging_threshold}")
     for key in ("num_classes", "train_per_class", "test_per_class", "width"):
         value = getattr(config, key)
         check(value is None or value >= 1, f"{key} must be >= 1 or null, got {value}")

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from . import data, methods, models, provenance
+from . import analysis, data, methods, models, provenance
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint, write_json, write_jsonl
 from .config import Config, ConfigError, make_config, resolve_runtime, to_dict
 from .evaluate import evaluate
@@ -221,6 +221,11 @@ def train(config: Config, resume: bool = False, extend: bool = False) -> dict:
               f"lr {config.lr} ({config.schedule}), loss {config.loss}, {config.precision}, seed {config.seed}; "
               f"{provenance.describe(info)}", flush=True)
     writer = _tensorboard(run_dir, start_epoch) if is_main else None
+    # The filter probe looks at fixed test images after each evaluation: it draws from no generator and
+    # leaves the model as it was, so a run trains the same with it on or off.
+    probe_images = None
+    if config.filter_probe and is_main:
+        probe_images, _ = analysis.fixed_batch(dataset, "test", config.filter_probe, device)
 
     best_top1 = max((row["test_top1"] for row in history if "test_top1" in row), default=-1.0)
     for epoch in range(start_epoch, config.epochs + 1):
@@ -234,6 +239,8 @@ def train(config: Config, resume: bool = False, extend: bool = False) -> dict:
             test = evaluate(model, test_loader, device, autocast)
             row.update({f"test_{key}": value for key, value in test.items() if key != "n"})
             row["eval_time_s"] = time.perf_counter() - evaluation_started
+        if probe_images is not None:  # every epoch, tested or not
+            row.update(analysis.probe_filters(model, probe_images, config.lagging_threshold))
         history.append(row)
 
         generator_states = [mixing_generator.get_state()]
@@ -402,6 +409,8 @@ def _log_epoch(row: dict, writer) -> None:
     for key, value in row.items():
         if isinstance(value, int | float) and key != "epoch":
             writer.add_scalar(key, value, row["epoch"])
-    for layer, count in row.get("layer_counts", {}).items():
-        writer.add_scalar(f"layer_counts/{layer}", count, row["epoch"])
+    for key, values in row.items():
+        if isinstance(values, dict):  # layer_counts, filter statistics: one curve per entry
+            for name, value in values.items():
+                writer.add_scalar(f"{key}/{name}", value, row["epoch"])
     writer.flush()

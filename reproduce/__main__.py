@@ -58,12 +58,13 @@ def list_artifacts(names_only: bool) -> None:
     if names_only:
         print("\n".join(ARTIFACTS))
         return
-    print(f"{'artifact':<16} {'scales':<20} {'runs (3 seeds)':>14} {'H100 hours':>10}  what it reproduces")
+    width = max(len("artifact"), *map(len, ARTIFACTS))
+    print(f"{'artifact':<{width}} {'scales':<20} {'runs (3 seeds)':>14} {'H100 hours':>10}  what it reproduces")
     for name, artifact in ARTIFACTS.items():
         largest = artifact.scales[-1]
         settings = Settings(largest, [0, 1, 2], Path("."))
         hours = f"{gpu_hours(artifact, settings):.1f}" if largest == "paper" else "CPU"
-        print(f"{name:<16} {'/'.join(artifact.scales):<20} {len(artifact.plan(settings)):>14} {hours:>10}  "
+        print(f"{name:<{width}} {'/'.join(artifact.scales):<20} {len(artifact.plan(settings)):>14} {hours:>10}  "
               f"{artifact.reproduces}")
     print(f"\nRuns and hours at each artifact's largest scale. H100 hours: a rough estimate from the networks' "
           f"FLOPs at an assumed {ASSUMED_TFLOPS} TFLOP/s sustained (bf16), not a measurement; shared runs (e.g. "

@@ -18,7 +18,7 @@ from pathlib import Path
 from catchup_mix import methods
 from catchup_mix.config import PRESETS
 
-from . import evidence, report, robustness
+from . import evidence, filters, report, robustness, runner
 from .runner import Run
 
 SCALES = ("smoke", "medium", "paper")
@@ -250,7 +250,7 @@ def measure_figure_mixing(settings: Settings, results) -> dict:
     from . import mixing_figure
 
     (run, _), = results
-    return mixing_figure.measure(run.run_dir(settings.out), run.config)
+    return mixing_figure.measure(runner.checkpoint(run, settings.out), run.config)
 
 
 def render_figure_mixing(settings, results, measurement):
@@ -262,6 +262,30 @@ def render_figure_mixing(settings, results, measurement):
 def plan_evidence(settings: Settings) -> list[Run]:
     smoke = with_model({**SMOKE_TRAINING, **smoke_data(settings)}, "preactresnet18", "smoke")
     return evidence.plan_evidence(settings, smoke)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Filter analysis (filters.py): table 1's PreActResNet-18 runs, measured; the lagging probe's own runs
+
+
+# figure_lagging at paper scale: a shorter protocol than table 1's 300 epochs, to keep the extra runs cheap:
+# the Co-Mixup preset over 100 epochs, lr x0.1 at a third and two thirds of them, as 100/200 of 300.
+PAPER_LAGGING = dict(epochs=100, milestones=[33, 67])
+
+
+def plan_lagging(settings: Settings) -> list[Run]:
+    """Every method with the filter probe on: at smoke scale table 1's smoke protocol, at paper scale
+    PAPER_LAGGING. Runs of their own (the probe is in the run key), so the probe's numbers exist."""
+    base = with_model(base_config(settings, "cifar100_300ep"), "preactresnet18", settings.scale)
+    base |= {"filter_probe": filters.PROBE_IMAGES[settings.scale]}
+    if settings.scale == "paper":
+        base |= PAPER_LAGGING
+    return grid("figure_lagging", settings, base, {"preactresnet18": {}})
+
+
+def measured_only(hours: float):
+    """paper_gpu_hours of a measurement on the GPU after the runs (a rough figure, like the rest of `list`)."""
+    return lambda settings: hours
 
 
 ARTIFACTS = {
@@ -284,9 +308,24 @@ ARTIFACTS = {
                  measure=measure_figure_mixing),
         Artifact("robustness", "FGSM/PGD, CIFAR-100-C corruptions, deformations, OOD detection and calibration of "
                  "table1's PreActResNet-18 runs (every method)", plan_table1_preactresnet18, robustness.render,
-                 measure=robustness.measure, paper_gpu_hours=lambda settings: 0.2),
+                 measure=robustness.measure, paper_gpu_hours=measured_only(0.2)),
         Artifact("evidence", "does the channel selection matter? Catch-up Mix vs its random/high-channel "
                  "ablations and the baselines, 3 seeds paired, long schedule on real CIFAR-10 (CPU hours)",
                  plan_evidence, evidence.render_evidence, scales=("smoke", "medium")),
+        Artifact("figure_filters", "channel-norm distribution, Gini, top-10% share and lagging channels per layer "
+                 "(PreActResNet-18, every method, table 1's runs)", plan_table1_preactresnet18, filters.render_filters,
+                 measure=filters.measure_filters, paper_gpu_hours=measured_only(0.01)),
+        Artifact("figure_lagging", "lagging channels and Gini per layer over the epochs, from the trainer's filter "
+                 "probe (PreActResNet-18, every method; paper scale: 100-epoch protocol)", plan_lagging,
+                 filters.render_lagging),
+        Artifact("figure_reliance", "test top-1 with the top / lowest / random p% channels zeroed at each layer "
+                 "(PreActResNet-18, every method, table 1's runs)", plan_table1_preactresnet18, filters.render_reliance,
+                 measure=filters.measure_reliance, paper_gpu_hours=measured_only(0.1)),
+        Artifact("figure_landscape", "filter-normalised 1-D and 2-D loss landscapes, top Hessian eigenvalue and "
+                 "trace (PreActResNet-18, every method, table 1's runs)", plan_table1_preactresnet18,
+                 filters.render_landscape, measure=filters.measure_landscape, paper_gpu_hours=measured_only(0.5)),
+        Artifact("figure_gradcam", "Grad-CAM at the last stage for fixed test images (PreActResNet-18, every "
+                 "method, table 1's runs)", plan_table1_preactresnet18, filters.render_gradcam,
+                 measure=filters.measure_gradcam, paper_gpu_hours=measured_only(0.01)),
     ]
 }

@@ -16,8 +16,8 @@ def _rounded(tensor: torch.Tensor, digits: int = 4):
     return torch.round(tensor.float(), decimals=digits).tolist()
 
 
-def measure(run_dir, run_config: dict) -> dict:
-    saved = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+def measure(checkpoint, run_config: dict) -> dict:
+    saved = load_checkpoint(checkpoint)
     config = make_config({**saved["config"], "data_root": run_config.get("data_root")})
     dataset = data.from_config(config)
     model = models.build(config.model, dataset.num_classes, image_size=dataset.crop_size, width=config.width)

@@ -55,12 +55,12 @@ class Table:
 # Numbers
 
 
-def mean_std(values: list[float]) -> str:
+def mean_std(values: list[float], digits: int = 2) -> str:
     if not values:
         return "—"
     if len(values) == 1:
-        return f"{values[0]:.2f}"
-    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
 def accuracy_cells(summaries: list[dict]) -> list[str]:
@@ -120,14 +120,17 @@ def chance_level(runs_and_results: list) -> float | None:
     return 100.0 / classes if classes else None
 
 
-def provenance_notes(settings, runs_and_results: list) -> list[str]:
+ACCURACY_CELLS = ("Cells: mean ± sample std over seeds of the last-epoch, best-epoch and median-of-last-10-epochs "
+                  "test top-1 (%); n = seeds done; — = not run yet.")
+
+
+def provenance_notes(settings, runs_and_results: list, cells: str = ACCURACY_CELLS) -> list[str]:
     done = [result for _, result in runs_and_results if result is not None]
     notes = [SMOKE_WARNING] if settings.scale == "smoke" else []
     total = len(runs_and_results)
     seeds = sorted({run.seed for run, _ in runs_and_results})
     notes.append(f"Scale: {settings.scale}. Runs done: {len(done)} of {total}; seeds {', '.join(map(str, seeds))}. "
-                 "Cells: mean ± sample std over seeds of the last-epoch, best-epoch and median-of-last-10-epochs "
-                 "test top-1 (%); n = seeds done; — = not run yet.")
+                 + cells)
     if runs_and_results:
         run = runs_and_results[0][0]
         shared = {k: v for k, v in run.config.items() if k not in ("model", "width", "method", "method_options",

@@ -16,7 +16,7 @@ from pathlib import Path
 from catchup_mix import corruptions, methods
 from catchup_mix.robustness import SuiteSettings, eps_label
 
-from . import report
+from . import report, runner
 
 SUITE = ("clean", "fgsm", "pgd", "corruptions", "deformations", "ood")
 OFFICIAL_FOLDER = "CIFAR-100-C"  # under --data-root, as the benchmark's authors release it
@@ -67,7 +67,7 @@ def measure(settings, results) -> dict:
                 "official" if official else "generated"):
             measured.append(str(path))
             continue  # measured before, on the same kind of corrupted set
-        checkpoint = run.run_dir(settings.out) / "checkpoints" / "last.pt"
+        checkpoint = runner.checkpoint(run, settings.out)
         loaded = load_run(checkpoint, settings.data_root, run.config.get("device", "auto"))
         folder = official or generated_set(settings, loaded)
         print(f"[robustness] {run.name}: measuring ({checkpoint})", flush=True)

@@ -25,13 +25,17 @@ from catchup_mix.config import ConfigError, make_config, resolve_runtime, to_dic
 
 # Config keys that say where or how a run executes, not what it computes: left out of the key.
 NOT_IN_KEY = ("output_dir", "data_root", "download", "compile", "log_every")
+# Keys that only add observations to the logs, never change the weights: in the key only when set, so a run
+# without them keeps the key (and run folder) it had before they existed, and one with them is its own run.
+OBSERVATIONS = {"filter_probe": 0, "lagging_threshold": 0.1}
 
 
 def run_key(values: dict) -> str:
     """Hash of the fully resolved config (defaults, device type and precision included), so a changed
     default or another precision is a new run."""
     resolved = to_dict(resolve_runtime(make_config(values)))
-    identity = {k: v for k, v in resolved.items() if k not in NOT_IN_KEY}
+    identity = {k: v for k, v in resolved.items()
+                if k not in NOT_IN_KEY and not (k in OBSERVATIONS and v == OBSERVATIONS[k])}
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -68,8 +72,6 @@ class Run:
 
 def execute(run: Run, out: Path) -> dict | None:
     """The run's result, training it first if needed; None if another process is training it now."""
-    from catchup_mix.train import train
-
     result = find_result(run, out)
     if result is not None:
         return result
@@ -83,13 +85,33 @@ def execute(run: Run, out: Path) -> dict | None:
             summary = json.loads(summary_path.read_text())
         else:
             print(f"[{run.artifact}] {run.name}: training ({run_dir})", flush=True)
-            config = make_config({**run.config, "seed": run.seed, "output_dir": str(run_dir)})
-            summary = train(config, resume=True)
+            summary = _train(run, run_dir)
         history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
         result = {"artifact": run.artifact, "scale": run.scale, "labels": run.labels, "seed": run.seed,
                   "key": run.key, "summary": summary, "history": history}
         write_json(result_path, result)
         return result
+
+
+def checkpoint(run: Run, out: Path) -> Path:
+    """The finished run's last checkpoint, for artifacts that measure trained models. A run whose result
+    was found without its run folder (results are committed, runs/ is not) is trained again into it."""
+    run_dir = run.run_dir(out)
+    if not (run_dir / "summary.json").exists():
+        with _exclusive(run_dir) as mine:
+            if not mine:
+                raise RuntimeError(f"{run.name} is being trained by another process in {run_dir}: run this "
+                                   "again when it has finished")
+            print(f"[{run.artifact}] {run.name}: result found but no checkpoint, training it ({run_dir})",
+                  flush=True)
+            _train(run, run_dir)
+    return run_dir / "checkpoints" / "last.pt"
+
+
+def _train(run: Run, run_dir: Path) -> dict:
+    from catchup_mix.train import train
+
+    return train(make_config({**run.config, "seed": run.seed, "output_dir": str(run_dir)}), resume=True)
 
 
 def find_result(run: Run, out: Path) -> dict | None:

@@ -1,0 +1,449 @@
+"""Filter analysis: how much a trained network leans on a few channels, how flat its loss is, where it looks.
+
+Every measurement takes a model with the project's `forward(x, feature_hook=None)` and data; it observes
+through the feature hook and never changes the model (weights, BN statistics and train/eval mode are as
+they were afterwards). Inputs are moved to the device of the model's parameters.
+
+Channel statistics (the paper's "struggling filters"):
+- `channel_norms(model, batches)`: per hook point, the mean over images of each channel's l2 norm over
+  H x W (the norm Catch-up Mix ranks channels by), in eval mode.
+- `gini(values)`: population Gini coefficient of non-negative values; 0 when all are equal, (C-1)/C when
+  one of C is non-zero.
+- `top_share(values, fraction=0.1)`: share of the total held by the top `fraction` of the channels.
+- `lagging_fraction(values, threshold=0.1)`: fraction of channels whose mean norm is below `threshold`
+  times the mean over the layer's channels: a "lagging" (struggling) channel carries under a tenth of an
+  average channel's signal.
+- `filter_statistics(norms)` and `probe_filters(model, images)`: the three per hook point; the latter is
+  the trainer's per-epoch probe (`filter_probe` in the config).
+- `reliance(model, batches, hook_point)`: top-1 accuracy with the top-p% channels by mean norm zeroed at one
+  hook point, against the lowest-p% and a random p% as controls.
+
+Flatness (loss computed in eval mode, so BN uses its running statistics; PyHessian and Li et al. 2018's
+code do the same):
+- `hessian_top_eigenvalue(model, loss_fn, batches)`: power iteration on Hessian-vector products of the
+  loss averaged over `batches`, over all trainable parameters (PyHessian, Yao et al. 2020:
+  amirgholami/PyHessian `pyhessian/hessian.py`, `eigenvalues`).
+- `hessian_trace(model, loss_fn, batches)`: Hutchinson's estimator E[v^T H v] with Rademacher v
+  (PyHessian `trace`).
+- `loss_landscape_1d` / `loss_landscape_2d`: the loss at w + a d1 (+ b d2) for filter-normalised random
+  directions (Li et al. 2018, tomgoldstein/loss-landscape `net_plotter.py`): Gaussian directions from a
+  fixed seed, each filter (slice along the first axis of a weight of 2 or more dimensions) rescaled to the
+  norm of the same filter of the weights. Biases and BN parameters, the 1-D parameters, get a zero
+  direction: `ignore='biasbn'`, the setting of all of Li et al.'s scripts.
+
+Where the network looks:
+- `grad_cam(model, images, targets)`: Grad-CAM (Selvaraju et al. 2017) at the last hook point: ReLU of the
+  channel maps weighted by the spatial mean of the target logit's gradient.
+"""
+
+import contextlib
+import math
+import time
+from collections.abc import Callable, Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from . import data
+
+Batches = Iterable  # of input tensors, or of (inputs, labels) pairs
+
+
+# ----------------------------------------------------------------------------------------------------
+# Helpers shared by the measurements
+
+
+def _device_of(model: torch.nn.Module, fallback: torch.device) -> torch.device:
+    parameter = next(model.parameters(), None)
+    return fallback if parameter is None else parameter.device
+
+
+def _pairs(batches: Batches, model: torch.nn.Module) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+    """(inputs, labels or None) on the model's device, as a list: several measurements pass over it again."""
+    if isinstance(batches, torch.Tensor):
+        raise ValueError("batches is one tensor: pass an iterable of batches, e.g. [images]")
+    pairs = []
+    for batch in batches:
+        inputs, labels = (batch[0], batch[1]) if isinstance(batch, tuple | list) else (batch, None)
+        device = _device_of(model, inputs.device)
+        pairs.append((inputs.to(device), None if labels is None else labels.to(device)))
+    if not pairs:
+        raise ValueError("batches is empty: pass at least one batch of inputs")
+    return pairs
+
+
+def _labelled(pairs: list) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    if any(labels is None for _, labels in pairs):
+        raise ValueError("this measurement needs labels: pass batches of (inputs, labels) pairs")
+    return pairs
+
+
+@contextlib.contextmanager
+def _eval_mode(model: torch.nn.Module):
+    """Eval mode inside the block, the model's own modes (per module) restored after."""
+    modes = {module: module.training for module in model.modules()}
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, training in modes.items():
+            module.training = training
+
+
+def fixed_batch(dataset: data.Dataset, split: str, count: int, device="cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """`count` images of a split at evenly spaced indices, normalised as for testing (centre crop, no flip).
+
+    Evenly spaced rather than the first ones: file and synthetic splits are sorted by class, and this picks
+    from every class. Deterministic: no random draw, the same images for every run on the same data.
+    """
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    if count < 1:
+        raise ValueError(f"count must be at least 1, got {count}")
+    whole = getattr(dataset, split)
+    count = min(count, len(whole))
+    index = torch.linspace(0, len(whole) - 1, count).round().long()
+    subset = data.ImageSplit(whole.images[index], whole.labels[index])
+    loader = data.BatchLoader(subset, count, mean=dataset.mean, std=dataset.std, train=False,
+                              crop_size=dataset.crop_size, device=device)
+    return next(iter(loader))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Channel statistics
+
+
+@torch.no_grad()
+def channel_norms(model: torch.nn.Module, batches: Batches) -> dict[int, torch.Tensor]:
+    """{hook point k: (C,) float32 CPU tensor}: each channel's l2 norm over H x W, averaged over every image
+    of `batches` (input tensors or (inputs, labels) pairs), at every hook point, in eval mode."""
+    sums: dict[int, torch.Tensor] = {}
+
+    def observe(features: torch.Tensor, k: int) -> torch.Tensor:
+        norms = torch.linalg.vector_norm(features.float().flatten(2), dim=2)  # (B, C)
+        sums[k] = sums[k] + norms.sum(0) if k in sums else norms.sum(0)
+        return features
+
+    count = 0
+    with _eval_mode(model):
+        for inputs, _ in _pairs(batches, model):
+            model(inputs, feature_hook=observe)
+            count += len(inputs)
+    return {k: (total / count).cpu() for k, total in sorted(sums.items())}
+
+
+def _non_negative(values) -> torch.Tensor:
+    values = torch.as_tensor(values, dtype=torch.float64).flatten()
+    if values.numel() == 0:
+        raise ValueError("values is empty: pass the norms of at least one channel")
+    if not torch.isfinite(values).all() or (values < 0).any():
+        raise ValueError("values must be finite and non-negative (channel norms)")
+    return values
+
+
+def gini(values) -> float:
+    """Population Gini coefficient: sum_ij |x_i - x_j| / (2 C^2 mean). 0 when all C values are equal (also
+    when all are 0), (C-1)/C when a single one is non-zero."""
+    x = _non_negative(values).sort().values
+    total = x.sum()
+    if total == 0:
+        return 0.0
+    n = len(x)
+    ranks = torch.arange(1, n + 1, dtype=x.dtype)
+    # the same sum over pairs, in O(C log C): with x ascending, sum_ij |x_i - x_j| = 2 sum_i (2i - C - 1) x_i
+    return float((2 * ranks - n - 1).mul(x).sum() / (n * total))
+
+
+def top_share(values, fraction: float = 0.1) -> float:
+    """Share of the total held by the largest `fraction` of the values: the largest floor(fraction C) in
+    full plus the next one in part, so that equal values give exactly `fraction` for any C."""
+    if not 0 <= fraction <= 1:
+        raise ValueError(f"fraction must lie in [0, 1], got {fraction}")
+    x = _non_negative(values).sort(descending=True).values
+    total = x.sum()
+    if total == 0:
+        return fraction  # all equal
+    whole, part = divmod(fraction * len(x), 1)
+    whole = int(whole)
+    share = x[:whole].sum() + (part * x[whole] if whole < len(x) else 0)
+    return float(share / total)
+
+
+def lagging_fraction(values, threshold: float = 0.1) -> float:
+    """Fraction of the channels that lag: mean norm below `threshold` x the mean over the layer's channels."""
+    if not (math.isfinite(threshold) and threshold > 0):
+        raise ValueError(f"threshold must be a positive number, got {threshold}")
+    x = _non_negative(values)
+    return float((x < threshold * x.mean()).double().mean())
+
+
+def filter_statistics(norms: dict[int, torch.Tensor], lagging_threshold: float = 0.1,
+                      top_fraction: float = 0.1) -> dict[str, dict[int, float]]:
+    """{"gini", "top_share", "lagging"} -> {hook point: value}, from `channel_norms`."""
+    return {
+        "gini": {k: gini(v) for k, v in norms.items()},
+        "top_share": {k: top_share(v, top_fraction) for k, v in norms.items()},
+        "lagging": {k: lagging_fraction(v, lagging_threshold) for k, v in norms.items()},
+    }
+
+
+def probe_filters(model: torch.nn.Module, images: torch.Tensor, lagging_threshold: float = 0.1) -> dict:
+    """The trainer's per-epoch filter probe: entries of a metrics row, one dict per statistic keyed by hook
+    point ("filter_gini": {"1": ..., "2": ...}, "filter_top_share", "filter_lagging"), values rounded to 4
+    digits, and the probe's own time in seconds ("filter_probe_s"). No random draw, the model untouched."""
+    started = time.perf_counter()
+    statistics = filter_statistics(channel_norms(model, [images]), lagging_threshold)
+    row = {f"filter_{name}": {str(k): round(v, 4) for k, v in values.items()} for name, values in statistics.items()}
+    row["filter_probe_s"] = time.perf_counter() - started  # the values above are on the CPU: nothing pending
+    return row
+
+
+def _zeroing_hook(hook_point: int, channels: torch.Tensor, num_channels: int):
+    keep = None
+
+    def hook(features: torch.Tensor, k: int) -> torch.Tensor:
+        nonlocal keep
+        if k != hook_point:
+            return features
+        if features.shape[1] != num_channels:
+            raise ValueError(f"hook point {hook_point} has {features.shape[1]} channels, but {num_channels} norms "
+                             "were given: pass the norms of this hook point")
+        if keep is None:
+            keep = torch.ones(num_channels, dtype=features.dtype, device=features.device)
+            keep[channels.to(features.device)] = 0
+        return features * keep.view(1, -1, 1, 1)
+
+    return hook
+
+
+@torch.no_grad()
+def _accuracy(model, pairs, feature_hook=None) -> float:
+    correct = total = 0
+    for inputs, labels in pairs:
+        correct += int((model(inputs, feature_hook=feature_hook).argmax(1) == labels).sum())
+        total += len(labels)
+    return 100.0 * correct / total
+
+
+def reliance(model: torch.nn.Module, batches: Batches, hook_point: int,
+             fractions: Sequence[float] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5), seed: int = 0,
+             norms: torch.Tensor | None = None) -> dict[str, list[float]]:
+    """Top-1 accuracy (%) over `batches` ((inputs, labels) pairs) with channels zeroed at `hook_point`.
+
+    For each p in `fractions`, round(p C) channels of the hook point's C are set to zero through the feature
+    hook: the top ones by mean norm ("top"), the lowest ones ("lowest") and random ones ("random", the first
+    of one permutation drawn from `seed`, so the zeroed sets grow with p as the others do). Channels are
+    ranked by `norms` ((C,)), by default `channel_norms` over the same batches. Returns {"fractions",
+    "top", "lowest", "random", "channels_zeroed"}: lists in the order of `fractions`.
+    """
+    pairs = _labelled(_pairs(batches, model))
+    if not 1 <= hook_point <= model.num_hook_points:
+        raise ValueError(f"hook_point must lie in 1..{model.num_hook_points}, got {hook_point}")
+    if any(not 0 <= p <= 1 for p in fractions):
+        raise ValueError(f"fractions must lie in [0, 1], got {list(fractions)}")
+    with _eval_mode(model):
+        if norms is None:
+            norms = channel_norms(model, pairs)[hook_point]
+        order = torch.as_tensor(norms).argsort(descending=True)
+        num_channels = len(order)
+        shuffled = torch.randperm(num_channels, generator=torch.Generator().manual_seed(seed))
+        result = {"fractions": list(fractions), "channels_zeroed": [], "top": [], "lowest": [], "random": []}
+        clean = None
+        for p in fractions:
+            n = math.floor(p * num_channels + 0.5)
+            result["channels_zeroed"].append(n)
+            if n == 0:  # nothing zeroed: one evaluation serves all three
+                clean = _accuracy(model, pairs) if clean is None else clean
+                for mode in ("top", "lowest", "random"):
+                    result[mode].append(clean)
+                continue
+            for mode, channels in (("top", order[:n]), ("lowest", order[num_channels - n:]),
+                                   ("random", shuffled[:n])):
+                hook = _zeroing_hook(hook_point, channels, num_channels)
+                result[mode].append(_accuracy(model, pairs, hook))
+    return result
+
+
+# ----------------------------------------------------------------------------------------------------
+# Flatness
+
+
+def _parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    if not parameters:
+        raise ValueError("the model has no trainable parameters")
+    return parameters
+
+
+def _mean_loss(model, loss_fn, pairs) -> torch.Tensor:
+    """Loss averaged over all samples of `pairs` (each batch's mean loss weighted by its size)."""
+    total = count = 0
+    for inputs, targets in pairs:
+        total = total + loss_fn(model(inputs), targets) * len(inputs)
+        count += len(inputs)
+    return total / count
+
+
+def _hessian_vector_product(model, loss_fn, pairs, parameters, vector) -> list[torch.Tensor]:
+    """H v of the mean loss over `pairs`, one batch at a time (memory of one batch's double backward)."""
+    count = sum(len(inputs) for inputs, _ in pairs)
+    product = [torch.zeros_like(p) for p in parameters]
+    for inputs, targets in pairs:
+        loss = loss_fn(model(inputs), targets) * (len(inputs) / count)
+        # allow_unused: a parameter the loss does not reach has a zero row and column
+        gradient = torch.autograd.grad(loss, parameters, create_graph=True, allow_unused=True)
+        dot = sum((g * v).sum() for g, v in zip(gradient, vector, strict=True) if g is not None)
+        for total, part in zip(product, torch.autograd.grad(dot, parameters, allow_unused=True), strict=True):
+            if part is not None:
+                total += part
+    return product
+
+
+def _dot(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
+    return float(sum((x.double() * y.double()).sum() for x, y in zip(a, b, strict=True)))
+
+
+def _random_like(parameters, generator, rademacher=False) -> list[torch.Tensor]:
+    """Drawn on the CPU from `generator`, so the same seed gives the same vector on any device."""
+    vectors = []
+    for p in parameters:
+        if rademacher:
+            v = torch.randint(0, 2, p.shape, generator=generator, dtype=torch.float32) * 2 - 1
+        else:
+            v = torch.randn(p.shape, generator=generator)
+        vectors.append(v.to(device=p.device, dtype=p.dtype))
+    return vectors
+
+
+def hessian_top_eigenvalue(model: torch.nn.Module, loss_fn: Callable, batches: Batches, iters: int = 20,
+                           seed: int = 0, tol: float = 1e-3) -> float:
+    """Largest-magnitude eigenvalue of the Hessian of the mean loss `loss_fn(model(inputs), targets)` over
+    `batches` w.r.t. all trainable parameters, by power iteration on Hessian-vector products from a Gaussian
+    start drawn with `seed`; at most `iters` products, fewer once the estimate changes by less than `tol`
+    (relative), as PyHessian's `eigenvalues(maxIter, tol)`. For a trained network it is the top positive one.
+    """
+    if iters < 1:
+        raise ValueError(f"iters must be at least 1, got {iters}")
+    pairs = _labelled(_pairs(batches, model))
+    parameters = _parameters(model)
+    vector = _random_like(parameters, torch.Generator().manual_seed(seed))
+    eigenvalue = None
+    with _eval_mode(model):
+        for _ in range(iters):
+            norm = math.sqrt(_dot(vector, vector))
+            vector = [v / norm for v in vector]
+            product = _hessian_vector_product(model, loss_fn, pairs, parameters, vector)
+            estimate = _dot(vector, product)  # Rayleigh quotient of the unit vector
+            vector = product
+            converged = eigenvalue is not None and abs(estimate - eigenvalue) <= tol * (abs(eigenvalue) + 1e-12)
+            eigenvalue = estimate
+            if converged:
+                break
+    return eigenvalue
+
+
+def hessian_trace(model: torch.nn.Module, loss_fn: Callable, batches: Batches, samples: int = 20,
+                  seed: int = 0) -> float:
+    """Hutchinson's estimate of the Hessian's trace (same loss and parameters as `hessian_top_eigenvalue`):
+    the mean of v^T H v over `samples` Rademacher vectors v drawn with `seed`. Exact for a diagonal Hessian."""
+    if samples < 1:
+        raise ValueError(f"samples must be at least 1, got {samples}")
+    pairs = _labelled(_pairs(batches, model))
+    parameters = _parameters(model)
+    generator = torch.Generator().manual_seed(seed)
+    total = 0.0
+    with _eval_mode(model):
+        for _ in range(samples):
+            vector = _random_like(parameters, generator, rademacher=True)
+            total += _dot(vector, _hessian_vector_product(model, loss_fn, pairs, parameters, vector))
+    return total / samples
+
+
+def filter_normalized_direction(model: torch.nn.Module, generator: torch.Generator) -> list[torch.Tensor]:
+    """A Gaussian direction over the trainable parameters (drawn on the CPU from `generator`), each filter
+    rescaled to the norm of the same filter of the weights (Li et al. 2018); zero for 1-D parameters
+    (biases, BN weights and biases), as Li et al.'s `ignore='biasbn'`."""
+    parameters = _parameters(model)
+    direction = []
+    for p, d in zip(parameters, _random_like(parameters, generator), strict=True):
+        if p.dim() <= 1:
+            d = torch.zeros_like(p)
+        else:
+            filter_norms = p.detach().flatten(1).norm(dim=1) / (d.flatten(1).norm(dim=1) + 1e-10)
+            d = d * filter_norms.view(-1, *[1] * (p.dim() - 1))
+        direction.append(d)
+    return direction
+
+
+@torch.no_grad()
+def _loss_surface(model, loss_fn, batches, directions, grid) -> list[float]:
+    """The mean loss at w + sum_i grid[j][i] directions[i] for each j; the weights restored after."""
+    pairs = _labelled(_pairs(batches, model))
+    parameters = _parameters(model)
+    original = [p.detach().clone() for p in parameters]
+    losses = []
+    with _eval_mode(model):
+        try:
+            for steps in grid:
+                for p, w, *offsets in zip(parameters, original, *directions, strict=True):
+                    p.copy_(w)
+                    for step, d in zip(steps, offsets, strict=True):
+                        if step:  # w + 0 d is w exactly: distance 0 is the checkpoint itself
+                            p.add_(d, alpha=step)
+                losses.append(float(_mean_loss(model, loss_fn, pairs)))
+        finally:
+            for p, w in zip(parameters, original, strict=True):
+                p.copy_(w)
+    return losses
+
+
+def loss_landscape_1d(model: torch.nn.Module, loss_fn: Callable, batches: Batches,
+                      alphas: Sequence[float] = tuple(i / 10 for i in range(-10, 11)), seed: int = 0) -> list[float]:
+    """Mean loss over `batches` at w + a d for each a of `alphas`, d = `filter_normalized_direction` drawn
+    from `seed` (the first direction of `loss_landscape_2d` with the same seed: its b = 0 row)."""
+    direction = filter_normalized_direction(model, torch.Generator().manual_seed(seed))
+    return _loss_surface(model, loss_fn, batches, [direction], [(a,) for a in alphas])
+
+
+def loss_landscape_2d(model: torch.nn.Module, loss_fn: Callable, batches: Batches,
+                      alphas: Sequence[float] = tuple(i / 5 for i in range(-5, 6)),
+                      betas: Sequence[float] | None = None, seed: int = 0) -> list[list[float]]:
+    """Mean loss at w + a d1 + b d2: rows b in `betas` (default: `alphas`), columns a in `alphas`; d1 and
+    d2 two filter-normalised directions drawn one after the other from `seed`."""
+    generator = torch.Generator().manual_seed(seed)
+    directions = [filter_normalized_direction(model, generator) for _ in range(2)]
+    betas = alphas if betas is None else betas
+    losses = _loss_surface(model, loss_fn, batches, directions, [(a, b) for b in betas for a in alphas])
+    return [losses[i * len(alphas):(i + 1) * len(alphas)] for i in range(len(betas))]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Grad-CAM
+
+
+def grad_cam(model: torch.nn.Module, images: torch.Tensor, targets: torch.Tensor,
+             hook_point: int | None = None) -> torch.Tensor:
+    """(B, h, w) Grad-CAM maps at `hook_point` (default: the last, i.e. the last stage's output) for the
+    logits of `targets`, at the hook point's resolution, in eval mode: ReLU(sum_c a_c A_c) with a_c the mean
+    over h x w of d logit / d A_c. Upsample for display (`F.interpolate`)."""
+    hook_point = model.num_hook_points if hook_point is None else hook_point
+    if not 1 <= hook_point <= model.num_hook_points:
+        raise ValueError(f"hook_point must lie in 1..{model.num_hook_points}, got {hook_point}")
+    device = _device_of(model, images.device)
+    images, targets = images.to(device), torch.as_tensor(targets, device=device)
+    captured = {}
+
+    def capture(features: torch.Tensor, k: int) -> torch.Tensor:
+        if k == hook_point:
+            # a leaf from here on: the gradient stops at the maps, nothing flows into earlier layers
+            features = features.detach().requires_grad_(True)
+            captured["maps"] = features
+        return features
+
+    with _eval_mode(model), torch.enable_grad():
+        logits = model(images, feature_hook=capture)
+        # samples do not interact in eval mode, so one backward of the summed scores gives each its own
+        (gradient,) = torch.autograd.grad(logits.gather(1, targets.view(-1, 1)).sum(), captured["maps"])
+    maps = captured["maps"].detach()
+    weights = gradient.mean(dim=(2, 3), keepdim=True)
+    return F.relu((weights * maps).sum(dim=1))
