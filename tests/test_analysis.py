@@ -434,7 +434,7 @@ def test_lagging_artifact_trains_its_own_probed_runs_and_draws_them(tmp_path, ti
 
 @pytest.mark.slow
 def test_a_result_without_its_checkpoint_is_trained_again_for_a_measurement(tmp_path, tiny_scale):
-    run = artifacts.plan_filter_analysis(artifacts.Settings("smoke", [0], tmp_path))[0]
+    run = artifacts.plan_table1_preactresnet18(artifacts.Settings("smoke", [0], tmp_path))[0]
     result = runner.execute(run, tmp_path)
     shutil.rmtree(run.run_dir(tmp_path))  # the results are committed, the runs folder is not
     assert runner.find_result(run, tmp_path) == result
