@@ -32,7 +32,7 @@ MEDIUM_TRAINING = dict(
 )
 MEDIUM_DATA_ROOT = "data/cifar10-jpeg"  # where `../shared/data/unpack data` puts the CIFAR-10 copy
 # The run types that answer the question come first, so that a time budget finishes them before the rest.
-FIRST = ("vanilla", "cutmix", "catchup_mix", "catchup_mix random")
+FIRST = ("vanilla", "cutmix", "catchup_mix", "catchup_mix random", "catchup_mix high")
 REFERENCE = "catchup_mix"
 COMPARED_WITH = ("catchup_mix random", "catchup_mix high", "cutmix", "vanilla")
 LAST_EPOCHS = 5  # the primary number: mean test top-1 of the last 5 epochs (steadier than the last epoch)
