@@ -102,13 +102,15 @@ def set_determinism(config: Config, device: torch.device) -> None:
 
 def check_resumable(saved: dict, config: Config, path: Path, world_size: int, extend: bool = False) -> None:
     current = to_dict(config)
+    # a key the checkpoint lacks was added to Config after it was written: the run had its default
+    before = {**to_dict(Config()), **saved["config"]}
     may_differ = RESUMABLE_DIFFERENCES | ({"epochs"} if extend else set())
     different = sorted(
-        key for key in set(saved["config"]) | set(current)
-        if key not in may_differ and saved["config"].get(key) != current.get(key)
+        key for key in set(before) | set(current)
+        if key not in may_differ and before.get(key) != current.get(key)
     )
     if different:
-        details = "; ".join(f"{k}: checkpoint {saved['config'].get(k)!r} vs now {current.get(k)!r}" for k in different)
+        details = "; ".join(f"{k}: checkpoint {before.get(k)!r} vs now {current.get(k)!r}" for k in different)
         hint = (" (device and precision: resume where the run was trained, or pass the checkpoint's values, e.g. "
                 "--set device=cpu precision=fp32)" if {"device", "precision"} & set(different) else "")
         if different == ["epochs"]:

@@ -256,6 +256,17 @@ def test_resuming_a_finished_run_writes_nothing_and_extend_trains_further(tmp_pa
         train(tiny(tmp_path, epochs=3), resume=True, extend=True)
 
 
+def test_a_checkpoint_written_before_a_config_key_existed_resumes_with_its_default(tmp_path):
+    train(tiny(tmp_path, epochs=1))
+    last = tmp_path / "run" / "checkpoints" / "last.pt"
+    saved = torch.load(last, weights_only=True)
+    del saved["config"]["eval_every"]  # as if written before eval_every existed (default 1)
+    torch.save(saved, last)
+    assert train(tiny(tmp_path, epochs=2), resume=True, extend=True)["epochs"] == 2
+    with pytest.raises(CheckpointError, match="eval_every: checkpoint 1 vs now 2"):  # not the default now
+        train(tiny(tmp_path, "run", epochs=3, eval_every=2), resume=True, extend=True)
+
+
 def test_a_run_trained_in_one_precision_is_not_resumed_in_another(tmp_path):
     train(tiny(tmp_path, epochs=1))
     last = tmp_path / "run" / "checkpoints" / "last.pt"
