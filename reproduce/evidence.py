@@ -113,7 +113,7 @@ def paired_differences(numbers: dict, a: str, b: str, key: str) -> list[float]:
 def describe_protocol(settings, runs) -> str:
     config = runs[0].config
     if settings.scale == "medium":
-        return (f"CIFAR-10 (JPEG copy from ../shared/data, read from {config['data_root']}), "
+        return ("CIFAR-10 (the JPEG copy of ../shared/data, read as an image folder), "
                 f"{config['train_per_class']} training images per class, the full 10,000-image test set, "
                 f"PreActResNet-18 width {config['width']}, {config['epochs']} epochs")
     return (f"{config['dataset']} data, {config['num_classes']} classes, PreActResNet-18 width {config['width']}, "
@@ -145,12 +145,12 @@ def render_evidence(settings, results, measurement):
 
     done = [result for _, result in results if result is not None]
     hours = sum(r["summary"].get("wall_time_s", r["summary"]["train_time_s"]) for r in done) / 3600
-    notes = report.provenance_notes(settings, results) + [
+    cells = ("Columns: test top-1 (%) at the last epoch, at the best tested epoch, and averaged over the last "
+             f"{LAST_EPOCHS} tested epochs (the primary number); test NLL and ECE (%, 15 bins) at the last epoch; "
+             "mean ± sample std over seeds; n = seeds done; — = not run yet.")
+    notes = report.provenance_notes(settings, results, cells) + [
         f"Compute so far: {hours:.1f} h of wall-clock time for {len(done)} runs "
         f"({', '.join(sorted({r['summary']['provenance']['device'] for r in done})) or 'none yet'}).",
-        "Columns: test top-1 (%) at the last epoch, at the best epoch, and averaged over the last "
-        f"{LAST_EPOCHS} epochs (the primary number); test NLL and ECE (%, 15 bins) at the last epoch; mean ± "
-        "sample std over seeds; n = seeds done.",
         f"Paired comparison: {REFERENCE} minus the other run type at the same seed (same initial weights, data "
         "order and augmentation), mean difference and 95% t interval over seeds. \"not resolved\": the "
         "interval covers 0, so these seeds cannot tell the two apart. Positive is better for top-1, negative "

@@ -31,9 +31,8 @@ SMOKE_WARNING = (
     "**Smoke scale, not paper numbers.** Small networks, 500 training images, 12 epochs: this shows "
     "that the whole path works, not how the methods rank. Mixing methods regularise, and regularisation "
     "pays off over long schedules; on short ones it mostly slows fitting, so smoke tables can rank the "
-    "methods differently from the paper. Measured on this kind of machine (PreActResNet-18 at width 16, "
-    "1,000 CIFAR-10 images per class, 20 epochs, one-cycle lr 0.1, two seeds; figures from the project's "
-    "issue #4): vanilla 77.8%, CutMix 72.8%, Catch-up Mix 73.7%. Read no verdict on the method here."
+    "methods differently from the paper. Read no verdict on the method here: this project's longer, "
+    "multi-seed comparison on real data is `tables/evidence.md` (`python -m reproduce evidence --scale medium`)."
 )
 
 
