@@ -68,8 +68,8 @@ def list_artifacts(names_only: bool) -> None:
               f"{artifact.reproduces}")
     print(f"\nRuns and hours at each artifact's largest scale. H100 hours: a rough estimate from the networks' "
           f"FLOPs at an assumed {ASSUMED_TFLOPS} TFLOP/s sustained (bf16), not a measurement; shared runs (e.g. "
-          "figure_mixing reuses table1's) count in each. CPU: the medium scale, measured on 2 CPU cores: about "
-          "15-20 minutes per run.")
+          "figure_mixing reuses table1's) count in each. CPU: the medium scale, about 10 minutes per run on 2 idle "
+          "CPU cores (docs/evidence.md).")
 
 
 def reproduce(name: str, settings: Settings, dry_run: bool, tables_only: bool, budget_minutes: float | None = None,
