@@ -102,13 +102,14 @@ def test_each_method_mixes_the_same_batch_on_gpu_and_cpu():
             gpu = method(images.cuda(), labels.cuda(), generator=torch.Generator().manual_seed(seed),
                          model=model.cuda())
             model.cpu()
-            assert torch.allclose(cpu.inputs, gpu.inputs.cpu(), atol=1e-6), name
+            # float tolerance: spectral saliency (FFT) and Sinkhorn round differently on the two devices
+            assert torch.allclose(cpu.inputs, gpu.inputs.cpu(), rtol=1e-4, atol=1e-4), name
             assert torch.equal(cpu.targets_b, gpu.targets_b.cpu()) and cpu.layer == gpu.layer, name
             if cpu.feature_hook is not None:
                 mixed_cpu = cpu.feature_hook(features, cpu.layer)
                 mixed_gpu = gpu.feature_hook(features.cuda(), gpu.layer)
-                assert torch.allclose(mixed_cpu, mixed_gpu.cpu(), atol=1e-6), name
-            assert torch.allclose(cpu.target_distribution(10), gpu.target_distribution(10).cpu()), name
+                assert torch.allclose(mixed_cpu, mixed_gpu.cpu(), rtol=1e-4, atol=1e-4), name
+            assert torch.allclose(cpu.target_distribution(10), gpu.target_distribution(10).cpu(), atol=1e-5), name
 
 
 @pytest.mark.parametrize("train_mode", [True, False])
