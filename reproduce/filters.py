@@ -17,6 +17,7 @@ measurement-*.json); `render_*` draws it and writes the figure (PNG, PDF), the n
 (figures/[smoke/]<artifact>.json) and, for reliance and flatness, a table of mean ± std over seeds.
 """
 
+import math
 import statistics
 import textwrap
 
@@ -394,11 +395,14 @@ def render_landscape(settings, results, measurement):
     images = measurement["runs"][0]["images"]
     numbers = {"setup": setup, "methods": {}}
 
-    # top: the 1-D curves, the eigenvalues, the traces; bottom: one 2-D panel per method and a colour bar
+    # top: the 1-D curves, the eigenvalues, the traces; below: one 2-D panel per method, at most 5 to a row,
+    # and a colour bar
     n = len(groups)
-    fig = plt.figure(figsize=(3.2 * max(n, 4), 8.0))
-    grid = fig.add_gridspec(2, 4 * n + 1, width_ratios=[1] * 4 * n + [1.2])
-    ax = fig.add_subplot(grid[0, :2 * n - 1])
+    per_row = max(min(n, 5), 4)
+    rows_2d = math.ceil(n / per_row)
+    fig = plt.figure(figsize=(3.4 * per_row + 1, 4.4 * (1 + rows_2d)))
+    grid = fig.add_gridspec(1 + rows_2d, 4 * per_row + 1, width_ratios=[1] * 4 * per_row + [0.3])
+    ax = fig.add_subplot(grid[0, :2 * per_row - 1])
     for method, records in groups.items():
         mean, std = _mean_std([r["landscape_1d"] for r in records])
         ax.plot(setup["alphas_1d"], mean, color=colours[method], lw=1.2, marker=".", label=method)
@@ -408,8 +412,8 @@ def render_landscape(settings, results, measurement):
     ax.set_title("1-D landscape (alpha = 0: the checkpoint)", fontsize=9)
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
-    for columns, (key, label) in ((slice(2 * n, 3 * n), ("top_eigenvalue", "top Hessian eigenvalue")),
-                                  (slice(3 * n + 1, 4 * n + 1), ("trace", "Hessian trace (Hutchinson)"))):
+    for columns, (key, label) in ((slice(2 * per_row, 3 * per_row), ("top_eigenvalue", "top Hessian eigenvalue")),
+                                  (slice(3 * per_row + 1, 4 * per_row + 1), ("trace", "Hessian trace (Hutchinson)"))):
         ax = fig.add_subplot(grid[0, columns])
         for i, (method, records) in enumerate(groups.items()):
             values = [r[key] for r in records]
@@ -429,13 +433,14 @@ def render_landscape(settings, results, measurement):
     levels = torch.logspace(torch.tensor(low).log10(), torch.tensor(max(high, 1.01 * low)).log10(), 13).tolist()
     steps = setup["grid_2d"]
     for i, (method, surface) in enumerate(surfaces.items()):
-        ax = fig.add_subplot(grid[1, 4 * i:4 * i + 4])
+        row, column = 1 + i // per_row, 4 * (i % per_row)
+        ax = fig.add_subplot(grid[row, column:column + 4])
         filled = ax.contourf(steps, steps, surface.numpy(), levels=levels, cmap="viridis", extend="max")
         ax.contour(steps, steps, surface.numpy(), levels=levels, colors="white", linewidths=0.4)
         ax.plot(0, 0, marker="+", color="red", ms=8)
         ax.set_title(f"{method} (seed {groups[method][0]['seed']})", fontsize=9)
         ax.set_xlabel("alpha (direction 1)", fontsize=8)
-        if i == 0:
+        if i % per_row == 0:
             ax.set_ylabel("beta (direction 2)", fontsize=8)
         else:
             ax.tick_params(labelleft=False)
@@ -443,8 +448,8 @@ def render_landscape(settings, results, measurement):
         ax.set_xticks([-0.5 * steps[-1], 0, 0.5 * steps[-1]])  # none at the edges, where neighbours meet
         ax.set_yticks([-0.5 * steps[-1], 0, 0.5 * steps[-1]])
         numbers["methods"][method]["landscape_2d"] = {"alphas": steps, "betas": steps, "loss": surface.tolist()}
-    # the colour bar beside the last panel, in the grid's narrow last column
-    fig.colorbar(filled, cax=ax.inset_axes((1.08, 0, 0.08, 1)), label="training loss", format="%.2f")
+    # the colour bar in the grid's narrow last column, beside the 2-D panels
+    fig.colorbar(filled, cax=fig.add_subplot(grid[1:, -1]), label="training loss", format="%.2f")
     _suptitle(fig, settings, f"Flatness around the last-epoch checkpoint: filter-normalised loss landscapes (Li et "
               f"al. 2018; directions from seed 0, biases and BN parameters not moved; {len(steps)}x{len(steps)} grid) "
               f"and Hessian spectrum ({setup['hessian_iters']} power iterations at most, {setup['trace_samples']} "
