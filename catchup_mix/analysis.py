@@ -9,14 +9,15 @@ Channel statistics (the paper's "struggling filters"):
   H x W (the norm Catch-up Mix ranks channels by), in eval mode.
 - `gini(values)`: population Gini coefficient of non-negative values; 0 when all are equal, (C-1)/C when
   one of C is non-zero.
-- `top_share(values, fraction=0.1)`: share of the total held by the top `fraction` of the channels.
+- `top_share(values, fraction=0.1)` / `bottom_share(...)`: share of the total held by the strongest / weakest
+  `fraction` of the channels.
 - `lagging_fraction(values, threshold=0.1)`: fraction of channels whose mean norm is below `threshold`
   times the mean over the layer's channels: a "lagging" (struggling) channel carries under a tenth of an
-  average channel's signal.
-- `filter_statistics(norms)` and `probe_filters(model, images)`: the three per hook point; the latter is
+  average channel's signal (also counted at 0.25 and 0.5, where small networks have their weak tail).
+- `filter_statistics(norms)` and `probe_filters(model, images)`: all of these per hook point; the latter is
   the trainer's per-epoch probe (`filter_probe` in the config).
 - `reliance(model, batches, hook_point)`: top-1 accuracy with the top-p% channels by mean norm zeroed at one
-  hook point, against the lowest-p% and a random p% as controls.
+  hook point, against the lowest-p% and random p% (the mean of several seeded draws) as controls.
 
 Flatness (loss computed in eval mode, so BN uses its running statistics; PyHessian and Li et al. 2018's
 code do the same):
@@ -24,7 +25,10 @@ code do the same):
   loss averaged over `batches`, over all trainable parameters (PyHessian, Yao et al. 2020:
   amirgholami/PyHessian `pyhessian/hessian.py`, `eigenvalues`).
 - `hessian_trace(model, loss_fn, batches)`: Hutchinson's estimator E[v^T H v] with Rademacher v
-  (PyHessian `trace`).
+  (PyHessian `trace`). With `return_info=True` both say how far to trust them (products used, residual,
+  standard error). Neither is invariant to reparametrisation (Dinh et al. 2017: rescaling the layers of a
+  ReLU network changes its Hessian, not its function); the filter-normalised landscapes below are, by
+  construction, invariant to the per-filter scale.
 - `loss_landscape_1d` / `loss_landscape_2d`: the loss at w + a d1 (+ b d2) for filter-normalised random
   directions (Li et al. 2018, tomgoldstein/loss-landscape `net_plotter.py`): Gaussian directions from a
   fixed seed, each filter (slice along the first axis of a weight of 2 or more dimensions) rescaled to the
@@ -38,6 +42,7 @@ Where the network looks:
 
 import contextlib
 import math
+import statistics
 import time
 from collections.abc import Callable, Iterable, Sequence
 
@@ -90,21 +95,16 @@ def _eval_mode(model: torch.nn.Module):
             module.training = training
 
 
-def fixed_batch(dataset: data.Dataset, split: str, count: int, device="cpu") -> tuple[torch.Tensor, torch.Tensor]:
-    """`count` images of a split at evenly spaced indices, normalised as for testing (centre crop, no flip).
-
-    Evenly spaced rather than the first ones: file and synthetic splits are sorted by class, and this picks
-    from every class. Deterministic: no random draw, the same images for every run on the same data.
-    """
+def fixed_batch(dataset: data.Dataset, split: str, count: int, device="cpu",
+                seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """`count` images of a split, class-balanced and evenly spread (`data.balanced_indices` with `seed`),
+    normalised as for testing (centre crop, no flip). The same images for every run on the same data;
+    `data.describe_subset(split.labels, data.balanced_indices(split.labels, count, seed), seed)` records which."""
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    if count < 1:
-        raise ValueError(f"count must be at least 1, got {count}")
     whole = getattr(dataset, split)
-    count = min(count, len(whole))
-    index = torch.linspace(0, len(whole) - 1, count).round().long()
-    subset = data.ImageSplit(whole.images[index], whole.labels[index])
-    loader = data.BatchLoader(subset, count, mean=dataset.mean, std=dataset.std, train=False,
+    subset = whole.subset(data.balanced_indices(whole.labels, count, seed))
+    loader = data.BatchLoader(subset, len(subset), mean=dataset.mean, std=dataset.std, train=False,
                               crop_size=dataset.crop_size, device=device)
     return next(iter(loader))
 
@@ -157,9 +157,19 @@ def gini(values) -> float:
 def top_share(values, fraction: float = 0.1) -> float:
     """Share of the total held by the largest `fraction` of the values: the largest floor(fraction C) in
     full plus the next one in part, so that equal values give exactly `fraction` for any C."""
+    return _share(values, fraction, largest=True)
+
+
+def bottom_share(values, fraction: float = 0.1) -> float:
+    """Share of the total held by the smallest `fraction` of the values (counted as `top_share` counts):
+    `fraction` when all are equal, near 0 when the weakest channels carry almost nothing."""
+    return _share(values, fraction, largest=False)
+
+
+def _share(values, fraction: float, largest: bool) -> float:
     if not 0 <= fraction <= 1:
         raise ValueError(f"fraction must lie in [0, 1], got {fraction}")
-    x = _non_negative(values).sort(descending=True).values
+    x = _non_negative(values).sort(descending=largest).values
     total = x.sum()
     if total == 0:
         return fraction  # all equal
@@ -177,23 +187,36 @@ def lagging_fraction(values, threshold: float = 0.1) -> float:
     return float((x < threshold * x.mean()).double().mean())
 
 
+# At small scale no channel falls under a tenth of its layer's mean (the default "lagging" threshold), so the
+# statistics also count channels under a quarter and a half of it; together with the weakest 10%'s share of
+# the norm they show a weak tail that the 0.1 threshold cannot (docs/evidence.md).
+EXTRA_LAGGING_THRESHOLDS = (0.25, 0.5)
+
+
 def filter_statistics(norms: dict[int, torch.Tensor], lagging_threshold: float = 0.1,
                       top_fraction: float = 0.1) -> dict[str, dict[int, float]]:
-    """{"gini", "top_share", "lagging"} -> {hook point: value}, from `channel_norms`."""
-    return {
+    """{"gini", "top_share", "bottom_share", "lagging", "lagging_0.25", "lagging_0.5"} -> {hook point: value},
+    from `channel_norms`: top/bottom share of the strongest/weakest `top_fraction` of the channels, lagging
+    at `lagging_threshold` and at each of EXTRA_LAGGING_THRESHOLDS x the layer's mean."""
+    result = {
         "gini": {k: gini(v) for k, v in norms.items()},
         "top_share": {k: top_share(v, top_fraction) for k, v in norms.items()},
+        "bottom_share": {k: bottom_share(v, top_fraction) for k, v in norms.items()},
         "lagging": {k: lagging_fraction(v, lagging_threshold) for k, v in norms.items()},
     }
+    for threshold in EXTRA_LAGGING_THRESHOLDS:
+        result[f"lagging_{threshold:g}"] = {k: lagging_fraction(v, threshold) for k, v in norms.items()}
+    return result
 
 
 def probe_filters(model: torch.nn.Module, images: torch.Tensor, lagging_threshold: float = 0.1) -> dict:
-    """The trainer's per-epoch filter probe: entries of a metrics row, one dict per statistic keyed by hook
-    point ("filter_gini": {"1": ..., "2": ...}, "filter_top_share", "filter_lagging"), values rounded to 4
-    digits, and the probe's own time in seconds ("filter_probe_s"). No random draw, the model untouched."""
+    """The trainer's per-epoch filter probe: entries of a metrics row, one dict per statistic of
+    `filter_statistics` keyed by hook point ("filter_gini": {"1": ..., "2": ...}, "filter_top_share",
+    "filter_bottom_share", "filter_lagging", "filter_lagging_0.25", ...), values rounded to 4 digits, and the
+    probe's own time in seconds ("filter_probe_s"). No random draw, the model untouched."""
     started = time.perf_counter()
-    statistics = filter_statistics(channel_norms(model, [images]), lagging_threshold)
-    row = {f"filter_{name}": {str(k): round(v, 4) for k, v in values.items()} for name, values in statistics.items()}
+    measured = filter_statistics(channel_norms(model, [images]), lagging_threshold)
+    row = {f"filter_{name}": {str(k): round(v, 4) for k, v in values.items()} for name, values in measured.items()}
     row["filter_probe_s"] = time.perf_counter() - started  # the values above are on the CPU: nothing pending
     return row
 
@@ -227,40 +250,55 @@ def _accuracy(model, pairs, feature_hook=None) -> float:
 
 def reliance(model: torch.nn.Module, batches: Batches, hook_point: int,
              fractions: Sequence[float] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5), seed: int = 0,
-             norms: torch.Tensor | None = None) -> dict[str, list[float]]:
+             norms: torch.Tensor | None = None, random_draws: int = 5) -> dict[str, list]:
     """Top-1 accuracy (%) over `batches` ((inputs, labels) pairs) with channels zeroed at `hook_point`.
 
     For each p in `fractions`, round(p C) channels of the hook point's C are set to zero through the feature
-    hook: the top ones by mean norm ("top"), the lowest ones ("lowest") and random ones ("random", the first
-    of one permutation drawn from `seed`, so the zeroed sets grow with p as the others do). Channels are
-    ranked by `norms` ((C,)), by default `channel_norms` over the same batches. Returns {"fractions",
-    "top", "lowest", "random", "channels_zeroed"}: lists in the order of `fractions`.
+    hook: the top ones by mean norm ("top"), the lowest ones ("lowest") and random ones, the control: in each
+    of `random_draws` permutations drawn one after the other from `seed`, its first round(p C) channels (so
+    the zeroed sets grow with p as the others do); "random" is the mean over the draws, "random_std" their
+    sample std (0 for one draw), "random_draws" every draw's accuracies. Channels are ranked by `norms`
+    ((C,)), by default `channel_norms` over the same batches. Returns {"fractions", "channels_zeroed", "top",
+    "lowest", "random", "random_std", "random_draws"}: lists in the order of `fractions`.
+
+    Zeroing a channel removes its map from the hook point onwards, but not what a following BatchNorm adds
+    back: its shift (beta - mean x gamma / std) still reaches the next layer, so "zeroed" is "set to the
+    value an all-zero map gets", not "removed from the network".
     """
     pairs = _labelled(_pairs(batches, model))
     if not 1 <= hook_point <= model.num_hook_points:
         raise ValueError(f"hook_point must lie in 1..{model.num_hook_points}, got {hook_point}")
     if any(not 0 <= p <= 1 for p in fractions):
         raise ValueError(f"fractions must lie in [0, 1], got {list(fractions)}")
+    if random_draws < 1:
+        raise ValueError(f"random_draws must be at least 1, got {random_draws}")
     with _eval_mode(model):
         if norms is None:
             norms = channel_norms(model, pairs)[hook_point]
         order = torch.as_tensor(norms).argsort(descending=True)
         num_channels = len(order)
-        shuffled = torch.randperm(num_channels, generator=torch.Generator().manual_seed(seed))
-        result = {"fractions": list(fractions), "channels_zeroed": [], "top": [], "lowest": [], "random": []}
+        generator = torch.Generator().manual_seed(seed)
+        permutations = [torch.randperm(num_channels, generator=generator) for _ in range(random_draws)]
+        result = {"fractions": list(fractions), "channels_zeroed": [], "top": [], "lowest": [], "random": [],
+                  "random_std": [], "random_draws": []}
         clean = None
         for p in fractions:
             n = math.floor(p * num_channels + 0.5)
             result["channels_zeroed"].append(n)
-            if n == 0:  # nothing zeroed: one evaluation serves all three
-                clean = _accuracy(model, pairs) if clean is None else clean
-                for mode in ("top", "lowest", "random"):
-                    result[mode].append(clean)
-                continue
-            for mode, channels in (("top", order[:n]), ("lowest", order[num_channels - n:]),
-                                   ("random", shuffled[:n])):
-                hook = _zeroing_hook(hook_point, channels, num_channels)
-                result[mode].append(_accuracy(model, pairs, hook))
+
+            def accuracy_without(channels):
+                nonlocal clean
+                if len(channels) == 0:  # nothing zeroed: one evaluation serves every choice
+                    clean = _accuracy(model, pairs) if clean is None else clean
+                    return clean
+                return _accuracy(model, pairs, _zeroing_hook(hook_point, channels, num_channels))
+
+            result["top"].append(accuracy_without(order[:n]))
+            result["lowest"].append(accuracy_without(order[num_channels - n:]))
+            draws = [accuracy_without(permutation[:n]) for permutation in permutations]
+            result["random_draws"].append(draws)
+            result["random"].append(sum(draws) / len(draws))
+            result["random_std"].append(statistics.stdev(draws) if len(draws) > 1 else 0.0)
     return result
 
 
@@ -316,47 +354,63 @@ def _random_like(parameters, generator, rademacher=False) -> list[torch.Tensor]:
 
 
 def hessian_top_eigenvalue(model: torch.nn.Module, loss_fn: Callable, batches: Batches, iters: int = 20,
-                           seed: int = 0, tol: float = 1e-3) -> float:
+                           seed: int = 0, tol: float = 1e-3, return_info: bool = False):
     """Largest-magnitude eigenvalue of the Hessian of the mean loss `loss_fn(model(inputs), targets)` over
     `batches` w.r.t. all trainable parameters, by power iteration on Hessian-vector products from a Gaussian
     start drawn with `seed`; at most `iters` products, fewer once the estimate changes by less than `tol`
-    (relative), as PyHessian's `eigenvalues(maxIter, tol)`. For a trained network it is the top positive one.
+    (relative), as PyHessian's `eigenvalues(maxIter, tol)`. For a trained network it is usually the top
+    positive one; power iteration finds the largest |eigenvalue|, so "flatter" reads on its magnitude.
+
+    return_info: return (value, info) with info["iterations"] (Hessian-vector products used),
+    info["residual"] (||H v - value v|| / |value| for the final unit vector v: 0 for an exact eigenpair) and
+    info["converged"] (the tolerance was met before the cap).
     """
     if iters < 1:
         raise ValueError(f"iters must be at least 1, got {iters}")
     pairs = _labelled(_pairs(batches, model))
     parameters = _parameters(model)
     vector = _random_like(parameters, torch.Generator().manual_seed(seed))
-    eigenvalue = None
+    eigenvalue, converged, iterations = None, False, 0
     with _eval_mode(model):
-        for _ in range(iters):
+        while iterations < iters and not converged:
+            iterations += 1
             norm = math.sqrt(_dot(vector, vector))
-            vector = [v / norm for v in vector]
-            product = _hessian_vector_product(model, loss_fn, pairs, parameters, vector)
-            estimate = _dot(vector, product)  # Rayleigh quotient of the unit vector
+            unit = [v / norm for v in vector]
+            product = _hessian_vector_product(model, loss_fn, pairs, parameters, unit)
+            estimate = _dot(unit, product)  # Rayleigh quotient of the unit vector
             vector = product
             converged = eigenvalue is not None and abs(estimate - eigenvalue) <= tol * (abs(eigenvalue) + 1e-12)
             eigenvalue = estimate
-            if converged:
-                break
-    return eigenvalue
+    if not return_info:
+        return eigenvalue
+    residual = [h - eigenvalue * u for h, u in zip(product, unit, strict=True)]
+    relative = math.sqrt(_dot(residual, residual)) / max(abs(eigenvalue), 1e-30)
+    return eigenvalue, {"iterations": iterations, "residual": relative, "converged": converged}
 
 
 def hessian_trace(model: torch.nn.Module, loss_fn: Callable, batches: Batches, samples: int = 20,
-                  seed: int = 0) -> float:
+                  seed: int = 0, return_info: bool = False):
     """Hutchinson's estimate of the Hessian's trace (same loss and parameters as `hessian_top_eigenvalue`):
-    the mean of v^T H v over `samples` Rademacher vectors v drawn with `seed`. Exact for a diagonal Hessian."""
+    the mean of v^T H v over `samples` Rademacher vectors v drawn with `seed`. Exact for a diagonal Hessian.
+
+    return_info: return (value, info) with info["samples"] and info["stderr"], the standard error of the
+    mean (sample std of the v^T H v over sqrt(samples); None for one sample).
+    """
     if samples < 1:
         raise ValueError(f"samples must be at least 1, got {samples}")
     pairs = _labelled(_pairs(batches, model))
     parameters = _parameters(model)
     generator = torch.Generator().manual_seed(seed)
-    total = 0.0
+    quadratic_forms = []
     with _eval_mode(model):
         for _ in range(samples):
             vector = _random_like(parameters, generator, rademacher=True)
-            total += _dot(vector, _hessian_vector_product(model, loss_fn, pairs, parameters, vector))
-    return total / samples
+            quadratic_forms.append(_dot(vector, _hessian_vector_product(model, loss_fn, pairs, parameters, vector)))
+    trace = sum(quadratic_forms) / samples
+    if not return_info:
+        return trace
+    stderr = statistics.stdev(quadratic_forms) / math.sqrt(samples) if samples > 1 else None
+    return trace, {"samples": samples, "stderr": stderr}
 
 
 def filter_normalized_direction(model: torch.nn.Module, generator: torch.Generator) -> list[torch.Tensor]:

@@ -58,6 +58,7 @@ def collect(device: torch.device, world_size: int = 1) -> dict:
             "numpy": numpy.__version__,
         },
         "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
     }
 
 

@@ -156,7 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scale", choices=SCALES, default="smoke",
                         help="smoke: minutes on a CPU; medium: CPU hours on real data (evidence); paper: GPU days")
     parser.add_argument("--seeds", type=int, nargs="+",
-                        help="default: 0 at smoke scale, 0 1 2 at medium and paper scale")
+                        help="default: 0 at smoke scale, 0-9 at medium scale (each run type to its own number of "
+                             "seeds, docs/evidence.md), 0 1 2 at paper scale")
     parser.add_argument("--data-root", help="dataset folder (paper: e.g. the folder holding cifar-100-python; "
                                             "smoke: a real dataset to use instead of the built-in synthetic data)")
     parser.add_argument("--out", type=Path, default=Path("."), help="where runs/, results/, tables/, figures/ go")
@@ -181,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         args.log.parent.mkdir(parents=True, exist_ok=True)
         log = open(args.log, "a")  # open for the life of the process
         sys.stdout, sys.stderr = _Tee(sys.stdout, log), _Tee(sys.stderr, log)
-    seeds = args.seeds or ([0] if args.scale == "smoke" else [0, 1, 2])
+    seeds = args.seeds or {"smoke": [0], "medium": list(range(10)), "paper": [0, 1, 2]}[args.scale]
     try:
         overrides = parse_overrides(args.set)
     except ConfigError as error:

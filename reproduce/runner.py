@@ -108,10 +108,21 @@ def checkpoint(run: Run, out: Path) -> Path:
     return run_dir / "checkpoints" / "last.pt"
 
 
+# The committed CPU results (smoke and medium scale) train on one torch thread: with several, how a reduction
+# is split over threads sets its summation order, so the last bits, and after many steps the weights, depend
+# on the machine's core count (docs/evidence.md, "Repeatability").
+ONE_THREAD_SCALES = ("smoke", "medium")
+
+
 def _train(run: Run, run_dir: Path) -> dict:
+    import torch
+
     from catchup_mix.train import train
 
-    return train(make_config({**run.config, "seed": run.seed, "output_dir": str(run_dir)}), resume=True)
+    config = make_config({**run.config, "seed": run.seed, "output_dir": str(run_dir)})
+    if run.scale in ONE_THREAD_SCALES and resolve_runtime(config).device == "cpu":
+        torch.set_num_threads(1)
+    return train(config, resume=True)
 
 
 def find_result(run: Run, out: Path) -> dict | None:

@@ -113,12 +113,23 @@ def test_filter_statistics_and_probe_report_every_hook_point():
     model = tiny_model()
     images, _ = images_and_labels()
     statistics = analysis.filter_statistics(analysis.channel_norms(model, [images]), lagging_threshold=0.5)
-    assert set(statistics) == {"gini", "top_share", "lagging"}
+    assert set(statistics) == {"gini", "top_share", "bottom_share", "lagging", "lagging_0.25", "lagging_0.5"}
     assert all(list(values) == [1, 2, 3, 4, 5] for values in statistics.values())
+    # lagging under a higher threshold counts at least the channels under a lower one
+    assert all(statistics["lagging_0.25"][k] <= statistics["lagging_0.5"][k] for k in range(1, 6))
     row = analysis.probe_filters(model, images, lagging_threshold=0.5)
     assert row["filter_gini"] == {str(k): round(v, 4) for k, v in statistics["gini"].items()}
     assert row["filter_lagging"] == {str(k): round(v, 4) for k, v in statistics["lagging"].items()}
+    assert row["filter_bottom_share"] == {str(k): round(v, 4) for k, v in statistics["bottom_share"].items()}
     assert row["filter_probe_s"] > 0
+
+
+def test_bottom_share_is_the_weakest_fraction_of_the_total():
+    norms = torch.tensor([10.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0])  # total 55
+    assert analysis.bottom_share(norms, 0.1) == pytest.approx(1 / 55)
+    assert analysis.bottom_share(norms, 0.25) == pytest.approx((1 + 2 + 0.5 * 3) / 55)  # 2.5 channels
+    assert analysis.bottom_share(torch.ones(7), 0.1) == pytest.approx(0.1)  # all equal: the fraction itself
+    assert analysis.top_share(norms, 0.1) == pytest.approx(10 / 55)
 
 
 def test_fixed_batch_spreads_over_the_classes_and_is_always_the_same():
@@ -127,6 +138,8 @@ def test_fixed_batch_spreads_over_the_classes_and_is_always_the_same():
     assert sorted(labels.tolist()) == [0, 1, 2, 3, 4]  # the split is sorted by class: one of each
     again, _ = analysis.fixed_batch(dataset, "test", 5)
     assert torch.equal(images, again) and images.shape == (5, 3, 32, 32)
+    _, labels = analysis.fixed_batch(dataset, "test", 10, seed=3)
+    assert labels.bincount().tolist() == [2, 2, 2, 2, 2]
     assert len(analysis.fixed_batch(dataset, "train", 1000)[1]) == 40  # at most the whole split
 
 
@@ -158,7 +171,7 @@ def test_zeroing_no_channel_keeps_the_accuracy_and_zeroing_all_zeroes_the_hook_o
         clean = 100.0 * float((model(images).argmax(1) == labels).float().mean())
     before = state(model)
     model.passed.clear()
-    result = analysis.reliance(model, [(images, labels)], hook_point=3, fractions=[0.0, 1.0])
+    result = analysis.reliance(model, [(images, labels)], hook_point=3, fractions=[0.0, 1.0], random_draws=1)
     assert result["top"][0] == result["lowest"][0] == result["random"][0] == pytest.approx(clean)
     assert result["channels_zeroed"] == [0, model.model.hook_channels[2]]
     # forward passes: the norms, p = 0, then p = 1 for top, lowest and random: hook point 3 passed on zeros
@@ -172,10 +185,15 @@ def test_reliance_zeroes_the_strongest_the_weakest_and_random_channels():
     model = Recording(tiny_model())
     images, labels = images_and_labels(n=10)
     norms = torch.tensor([5.0, 1.0, 4.0, 2.0, 3.0, 0.5, 6.0, 0.1])  # hook point 3 has 8 channels
-    analysis.reliance(model, [(images, labels)], hook_point=3, fractions=[0.25], norms=norms)
+    result = analysis.reliance(model, [(images, labels)], hook_point=3, fractions=[0.25], norms=norms,
+                               random_draws=6)
     zeroed = [set(torch.nonzero(passed.abs().sum((0, 2, 3)) == 0).flatten().tolist()) for passed in model.passed[3]]
-    top, lowest, random = zeroed  # round(0.25 x 8) = 2 channels each
-    assert top == {6, 0} and lowest == {5, 7} and len(random) == 2
+    top, lowest, *random = zeroed  # round(0.25 x 8) = 2 channels each
+    assert top == {6, 0} and lowest == {5, 7} and len(random) == 6 and all(len(r) == 2 for r in random)
+    assert len({frozenset(r) for r in random}) > 1  # the draws differ
+    draws = result["random_draws"][0]
+    assert result["random"] == [pytest.approx(sum(draws) / 6)]
+    assert result["random_std"] == [pytest.approx(torch.tensor(draws).std().item())]
     with pytest.raises(ValueError, match="hook point 2 has 4 channels"):
         analysis.reliance(model, [(images, labels)], hook_point=2, fractions=[0.25], norms=norms)
 
@@ -219,6 +237,13 @@ def test_top_hessian_eigenvalue_of_a_known_quadratic_within_1_percent():
     expected = float(torch.linalg.eigvalsh(hessian)[-1])
     found = analysis.hessian_top_eigenvalue(Linear(6), squared_error, batches, iters=20, seed=0)
     assert found == pytest.approx(expected, rel=0.01)
+    value, info = analysis.hessian_top_eigenvalue(Linear(6), squared_error, batches, iters=20, seed=0,
+                                                  return_info=True)
+    assert value == found and info["converged"] and info["iterations"] < 20
+    assert info["residual"] < 0.1 and info["residual"] >= 0
+    # capped after 2 products: not converged, and the residual says the vector is not yet an eigenvector
+    _, capped = analysis.hessian_top_eigenvalue(Linear(6), squared_error, batches, iters=2, seed=0, return_info=True)
+    assert capped["iterations"] == 2 and not capped["converged"] and capped["residual"] > info["residual"]
 
 
 class Diagonal(nn.Module):
@@ -238,6 +263,12 @@ def test_hutchinson_trace_is_exact_for_a_diagonal_hessian_and_close_for_a_full_o
     batches, hessian = quadratic_problem()
     estimate = analysis.hessian_trace(Linear(6), squared_error, batches, samples=300, seed=0)
     assert estimate == pytest.approx(float(hessian.trace()), rel=0.1)
+    value, info = analysis.hessian_trace(Linear(6), squared_error, batches, samples=300, seed=0, return_info=True)
+    assert value == estimate and info["samples"] == 300
+    assert 0 < info["stderr"] and abs(value - float(hessian.trace())) < 4 * info["stderr"]
+    _, exact = analysis.hessian_trace(Diagonal(4), loss, [(torch.zeros(3, 1), torch.zeros(3))], samples=3,
+                                      return_info=True)
+    assert exact["stderr"] == pytest.approx(0, abs=1e-9)  # v^T diag(a) v = trace for every Rademacher v
 
 
 def test_filter_normalised_direction_matches_each_filter_norm_and_leaves_1d_parameters():
@@ -334,7 +365,8 @@ def test_the_probe_changes_no_training_result(tmp_path, restore_determinism):
     train(make_config({**TINY, "output_dir": str(tmp_path / "on"), "filter_probe": 8}))
     weights = [load_checkpoint(tmp_path / name / "checkpoints" / "last.pt")["model"] for name in ("off", "on")]
     assert same_state(*weights)
-    probe_keys = {"filter_gini", "filter_top_share", "filter_lagging", "filter_probe_s"}
+    probe_keys = {"filter_gini", "filter_top_share", "filter_bottom_share", "filter_lagging", "filter_lagging_0.25",
+                  "filter_lagging_0.5", "filter_probe_s"}
     timing = {"images_per_s", "epoch_time_s", "eval_time_s"} | probe_keys
     off, on = rows(tmp_path / "off"), rows(tmp_path / "on")
     assert [{k: v for k, v in r.items() if k not in timing} for r in off] == \

@@ -20,12 +20,19 @@ import os
 from pathlib import Path
 
 from . import files
-from .containers import Dataset, DatasetNotFoundError, ImageSplit, channel_stats
+from .containers import (
+    Dataset,
+    DatasetNotFoundError,
+    ImageSplit,
+    balanced_indices,
+    channel_stats,
+    describe_subset,
+)
 from .loader import BatchLoader
 from .synthetic import SYNTHETIC_MAX_CLASSES, SYNTHETIC_SIZE, load_synthetic, synthetic_class_names
 
 __all__ = ["BatchLoader", "Dataset", "DatasetNotFoundError", "ImageSplit", "SYNTHETIC_MAX_CLASSES", "SYNTHETIC_SIZE",
-           "available", "channel_stats", "load", "synthetic_class_names"]
+           "available", "balanced_indices", "channel_stats", "describe_subset", "load", "synthetic_class_names"]
 
 _LOADERS = {
     "synthetic": load_synthetic,  # called by load() with its own arguments: it has no files
