@@ -1,4 +1,5 @@
-"""Atomic writes and checked reads: an interrupted run never leaves a half-written file behind."""
+"""Atomic writes and checked reads: an interrupted run never leaves a half-written file behind; measurements
+merged part by part, so none overwrites another."""
 
 import json
 import os
@@ -38,6 +39,46 @@ def atomic_write(path: str | Path, write) -> None:
 
 def write_json(path: str | Path, value: Any) -> None:
     atomic_write(path, lambda file: file.write((json.dumps(value, indent=2) + "\n").encode()))
+
+
+def check_writable(folder: str | Path) -> None:
+    """Fail now, not after hours of work, when `folder` cannot be created or written to: an OSError whose
+    message names the folder and the fix."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test.{secrets.token_hex(4)}"
+        probe.touch()
+        probe.unlink()
+    except OSError as error:
+        raise OSError(f"cannot write to {folder} ({error.strerror or error}): choose another output folder "
+                      "(--out) or make this one writable") from None
+
+
+class MeasurementFile:
+    """Measurements of one model in a JSON file, merged part by part: data[field][part][settings key] holds
+    one entry. Measuring a part again with the same settings replaces only that entry; other parts, and the
+    same part measured with other settings, stay. `put` rewrites the file atomically, so a measurement that
+    is interrupted keeps every part that finished before."""
+
+    def __init__(self, path: str | Path, field: str = "parts"):
+        self.path, self.field = Path(path), field
+        self.data = {}
+        if self.path.is_file():
+            try:
+                self.data = json.loads(self.path.read_text())
+            except json.JSONDecodeError as error:
+                raise CheckpointError(f"{self.path} is not valid JSON ({error}); it was left untouched: move it "
+                                      "away, or write elsewhere (--out)") from None
+
+    def get(self, part: str, key: str) -> dict | None:
+        return self.data.get(self.field, {}).get(part, {}).get(key)
+
+    def put(self, part: str, key: str, entry: dict, **header) -> None:
+        """Store `entry` for (part, key), update the file's top-level `header` fields, and write."""
+        self.data.update(header)
+        self.data.setdefault(self.field, {}).setdefault(part, {})[key] = entry
+        write_json(self.path, self.data)
 
 
 def write_jsonl(path: str | Path, rows: list[dict]) -> None:

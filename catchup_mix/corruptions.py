@@ -463,6 +463,14 @@ def _written(folder: Path, n: int, shape) -> list[str]:
     return done
 
 
+def available_in(folder, names=CORRUPTIONS) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(the corruptions of `names` whose <name>.npy is in `folder`, those whose file is not), in `names`'
+    order. Only the files' presence: `load_set` checks each one's content."""
+    folder = Path(folder)
+    present = tuple(name for name in names if (folder / f"{name}.npy").is_file())
+    return present, tuple(name for name in names if name not in present)
+
+
 def load_set(folder, name: str, *, expected_labels=None, image_size: int | None = None):
     """One corruption of an official or generated set: (images uint8 (5, N, H, W, 3) memory-mapped, labels (N,)).
 

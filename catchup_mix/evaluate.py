@@ -13,7 +13,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from . import data, models, provenance
-from .checkpoint import load_checkpoint, write_json
+from .checkpoint import check_writable, load_checkpoint, write_json
 from .config import Config, make_config, resolve_runtime
 from .precision import autocast_for
 
@@ -104,6 +104,7 @@ class LoadedRun:
     autocast: object  # a factory of autocast contexts, as in training
     epoch: int
     same_numerics: bool  # same device type and precision as the training run: logged numbers reproduce
+    provenance: dict  # how the checkpoint was made (commit, time, host, device), as its run recorded it
 
     def test_loader(self, batch_size: int = 500) -> data.BatchLoader:
         return data.BatchLoader(self.dataset.test, batch_size, mean=self.dataset.mean, std=self.dataset.std,
@@ -134,11 +135,13 @@ def load_run(path, data_root: str | None = None, device: str = "auto") -> Loaded
     if config.channels_last and torch_device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     return LoadedRun(config, model, dataset, torch_device, autocast_for(torch_device, config.precision),
-                     saved["epoch"], same_device)
+                     saved["epoch"], same_device, saved.get("provenance", {}))
 
 
-def evaluate_checkpoint(path, data_root: str | None = None, device: str = "auto") -> dict:
-    """Clean test metrics of a checkpoint, written beside it as <checkpoint>.eval.json."""
+def evaluate_checkpoint(path, data_root: str | None = None, device: str = "auto", out=None) -> dict:
+    """Clean test metrics of a checkpoint, written to `out` (default: beside it, <checkpoint>.eval.json)."""
+    out = Path(out) if out is not None else Path(path).with_suffix(".eval.json")
+    check_writable(out.parent)  # before the model and data are loaded
     run = load_run(path, data_root, device)
     metrics = evaluate(run.model, run.test_loader(), run.device, run.autocast)
     config = run.config
@@ -148,5 +151,5 @@ def evaluate_checkpoint(path, data_root: str | None = None, device: str = "auto"
         "precision": config.precision, "same_numerics_as_training": run.same_numerics,
         "provenance": provenance.collect(run.device),
     }
-    write_json(Path(path).with_suffix(".eval.json"), result)
+    write_json(out, result)
     return result

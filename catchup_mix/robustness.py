@@ -10,8 +10,17 @@ normalisation in front of our networks), so eps is in pixel units as in the pape
                 generator=torch.Generator().manual_seed(0))
 
 `evaluate_suite(checkpoint, ["clean", "fgsm", "pgd", "corruptions", "deformations", "ood"], ...)` runs all of
-it on a trained run and writes <checkpoint>.robustness.json; `python -m catchup_mix evaluate --suite ...` is
-the command line. docs/robustness.md describes the settings.
+it on a trained run and keeps every part in <checkpoint>.robustness.json, merged part by part;
+`python -m catchup_mix evaluate --suite ...` is the command line. The parts are also functions of their own
+(`clean_metrics`, `fgsm_accuracies`, `pgd_accuracies`, `corruption_accuracies`, `deformation_accuracies`,
+`ood_detection`) on any model and uint8 images. docs/robustness.md describes the settings.
+
+Conventions: FGSM and PGD ascend the cross-entropy summed over the batch (so a step does not depend on the
+batch size); AUPR-in takes in-distribution images as positives and AUPR-out the OOD ones (scores negated),
+both as average precision; FPR95 is the fraction of OOD images accepted at the highest threshold that keeps
+95% of the in-distribution ones. Deformations rotate by positive angles clockwise (torchvision's convention:
+"rotate+15" turns the image 15 degrees clockwise) and fill the uncovered corners black; bilinear
+interpolation against that black darkens a band about one pixel wide along the border.
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import time
 from pathlib import Path
 
 import numpy as np
@@ -202,13 +212,16 @@ def noise_images(kind: str, count: int, size: int, seed: int = 0) -> torch.Tenso
     return (pixels * 255).round().to(torch.uint8)
 
 
-def ood_sets(names, config, size: int, count: int, data_root: str | None = None, seed: int = 0) -> dict:
+def ood_sets(names, config, size: int, count: int, data_root: str | None = None, seed: int = 0,
+             ood_root: str | None = None) -> dict:
     """Out-of-distribution test images (uint8 N x 3 x size x size) for a model trained on config.dataset.
 
     names: None for every set available offline, or a list of: noise_gaussian, noise_uniform,
-    unseen_classes (test images of the dataset's classes the model was not trained on), cifar10, cifar100,
-    tiny_imagenet (read from data_root, resized to `size`), or the path of any folder of images.
-    `count` caps each set (and sizes the noise sets).
+    unseen_classes (test images of the dataset's classes the model was not trained on, read from data_root or
+    config.data_root), cifar10, cifar100, tiny_imagenet (their test/val split, read from ood_root, default
+    data_root or config.data_root, resized to `size`), or the path of any folder of images. Each set holds at
+    most `count` images, class-balanced and evenly spread where it has classes (`data.balanced_indices` with
+    `seed`), and the noise sets exactly `count`.
     """
     automatic = names is None
     names = list(names) if names else [*NOISE_SETS, "unseen_classes", "cifar10", "cifar100", "tiny_imagenet"]
@@ -218,13 +231,13 @@ def ood_sets(names, config, size: int, count: int, data_root: str | None = None,
             sets[name] = noise_images(name, count, size, seed)
             continue
         try:
-            images = _named_ood_set(name, config, count, size, data_root)
+            images, labels = _named_ood_set(name, config, size, data_root, ood_root)
         except (data.DatasetNotFoundError, ValueError) as error:
             if automatic:
                 continue  # not available here: skipped when the sets are chosen automatically
             raise ValueError(f"OOD set {name!r} is not available: {error}") from None
         if images is not None and len(images):
-            sets[_ood_label(name)] = _resize(images[:count], size)
+            sets[_ood_label(name)] = _resize(images[data.balanced_indices(labels, count, seed)], size)
         elif not automatic:
             raise ValueError(f"OOD set {name!r} is not available for a model trained on {config.dataset}")
     return sets
@@ -234,28 +247,32 @@ def _ood_label(name: str) -> str:
     return name if name == "unseen_classes" or name in OTHER_DATASETS else f"folder:{Path(name).name}"
 
 
-def _named_ood_set(name: str, config, count: int, size: int, data_root: str | None):
+def _named_ood_set(name: str, config, size: int, data_root: str | None, ood_root: str | None):
+    """(uint8 images, labels) of one named OOD set; (None, None) where it does not apply."""
     root = data_root or config.data_root
     if name == "unseen_classes":
         trained = config.num_classes
         if trained is None:
-            return None
+            return None, None
         if config.dataset == "synthetic":
             loaded = data.load("synthetic", num_classes=min(2 * trained, data.SYNTHETIC_MAX_CLASSES),
                                train_per_class=1, test_per_class=config.test_per_class)
         else:
             loaded = data.load(config.dataset, root, train_per_class=1, test_per_class=config.test_per_class)
-        return loaded.test.images[loaded.test.labels >= trained]
+        unseen = loaded.test.labels >= trained
+        return loaded.test.images[unseen], loaded.test.labels[unseen]
     if name in OTHER_DATASETS:
+        root = ood_root or root
         if name == config.dataset or root is None:
-            return None  # the training data is not out of distribution; without a folder there is nothing to read
-        per_class = math.ceil(count / OTHER_DATASETS[name])  # decode only what is used, the same from each class
-        return data.load(name, root, train_per_class=1, test_per_class=per_class).test.images
+            return None, None  # the training data is not out of distribution; without a folder nothing to read
+        test = data.load(name, root, train_per_class=1).test
+        return test.images, test.labels
     folder = Path(name).expanduser()
     if not folder.is_dir():
         raise ValueError(f"{name!r} is neither a known OOD set ({', '.join([*NOISE_SETS, 'unseen_classes'])}, "
                          "cifar10, cifar100, tiny_imagenet) nor a folder of images")
-    return data.files.decode_folder(folder, size, desc=f"OOD folder {folder}")
+    images = data.files.decode_folder(folder, size, desc=f"OOD folder {folder}")
+    return images, torch.zeros(len(images), dtype=torch.int64)  # no classes: evenly spread over the folder
 
 
 def _resize(images: torch.Tensor, size: int) -> torch.Tensor:
@@ -267,26 +284,205 @@ def _resize(images: torch.Tensor, size: int) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------------------
+# Measurements on uint8 test images, one function per part of the suite. Each takes a model on [0, 1]
+# images (`Normalized`), uint8 images (N, 3, H, W) as the model sees them and their labels; batches go to the
+# model's device. batch_size changes no number, except perhaps PGD's: its random start is drawn batch by batch.
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _batches(images: torch.Tensor, labels: torch.Tensor | None, batch_size: int, device, desc: str | None = None,
+             progress: bool = False):
+    """(x in [0, 1] on `device`, y) batch by batch; with progress, a bar on a terminal (none in logs)."""
+    from tqdm import tqdm
+
+    starts = range(0, len(images), batch_size)
+    for start in tqdm(starts, desc=desc, unit="batch", leave=False, disable=None if progress else True):
+        x = images[start:start + batch_size].to(device).float() / 255
+        yield x, None if labels is None else labels[start:start + batch_size].to(device)
+
+
+def accuracy(pixel_model: nn.Module, images: torch.Tensor, labels: torch.Tensor, transform=None, *,
+             batch_size: int = 200, autocast=contextlib.nullcontext, desc: str | None = None,
+             progress: bool = False) -> float:
+    """Top-1 (%) of `pixel_model` on `images`, each batch first passed through transform(x, y) if given
+    (an attack or a deformation)."""
+    correct = 0
+    with eval_mode(pixel_model):
+        for x, y in _batches(images, labels, batch_size, _device(pixel_model), desc, progress):
+            x = transform(x, y) if transform else x
+            with torch.no_grad(), autocast():
+                correct += (pixel_model(x).argmax(1) == y).sum().item()
+    return 100.0 * correct / len(labels)
+
+
+def clean_metrics(pixel_model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, batch_size: int = 200,
+                  autocast=contextlib.nullcontext) -> dict:
+    """Top-1, top-5 (%), NLL, ECE (%, 15 bins) and the reliability diagram's bins, on clean images."""
+    sums = MetricSums(_device(pixel_model))
+    with eval_mode(pixel_model):
+        for x, y in _batches(images, labels, batch_size, _device(pixel_model)):
+            with torch.no_grad(), autocast():
+                sums.add(pixel_model(x), y)
+    return {**sums.result(), "reliability": sums.reliability()}
+
+
+def fgsm_accuracies(pixel_model, images, labels, eps: tuple[float, ...], **options) -> dict:
+    """{eps label: top-1 (%) under FGSM at that eps}; options as `accuracy`'s."""
+    return {eps_label(e): accuracy(pixel_model, images, labels, lambda x, y, e=e: fgsm(pixel_model, x, y, e),
+                                   desc=f"FGSM {eps_label(e)}", **options) for e in eps}
+
+
+def pgd_accuracies(pixel_model, images, labels, eps: tuple[float, ...], steps: int, step_size: float | None = None,
+                   step_fraction: float | None = None, seed: int = 0, **options) -> dict:
+    """{eps label: top-1 (%) under PGD-`steps` at that eps}, with steps of `step_size`, or of `step_fraction`
+    x eps when given; every eps starts from its own stream of `seed`, so an eps's number does not depend on
+    which other eps are measured."""
+    if (step_size is None) == (step_fraction is None):
+        raise ValueError("pgd_accuracies needs exactly one of step_size and step_fraction")
+    result = {}
+    for e in eps:
+        generator = torch.Generator().manual_seed(seed)
+        step = step_size if step_fraction is None else step_fraction * e
+        result[eps_label(e)] = accuracy(
+            pixel_model, images, labels,
+            lambda x, y, e=e, step=step, generator=generator: pgd(pixel_model, x, y, e, step, steps, generator=generator),
+            desc=f"PGD-{steps} {eps_label(e)}", **options)
+    return result
+
+
+def check_deformations(names) -> None:
+    unknown = [name for name in names if name not in DEFORMATIONS]
+    if unknown:
+        raise ValueError(f"unknown deformations {unknown}; available: {', '.join(DEFORMATIONS)}")
+
+
+def deformation_accuracies(pixel_model, images, labels, names: tuple[str, ...], **options) -> dict:
+    """{deformation: top-1 (%)} and their "mean"."""
+    check_deformations(names)
+    result = {name: accuracy(pixel_model, images, labels, lambda x, y, name=name: deform(x, name), desc=name,
+                             **options) for name in names}
+    result["mean"] = float(np.mean(list(result.values())))
+    return result
+
+
+def corruption_accuracies(pixel_model, folder, names: tuple[str, ...], labels: torch.Tensor, crop_size: int, *,
+                          index: torch.Tensor | None = None, severities: tuple[int, ...] = corruptions.SEVERITIES,
+                          **options) -> dict:
+    """Top-1 (%) on each corruption x severity of the set in `folder` (official or generated by
+    `corruptions.write_set`), whose clean labels are `labels`; `index` picks those images of the set (None:
+    all). Every file is checked before any work. Returns the mean, per severity, per corruption and the set's
+    source and info."""
+    from tqdm import tqdm
+
+    sets = {name: corruptions.load_set(folder, name, expected_labels=labels)[0] for name in names}
+    rows = slice(None) if index is None else index.numpy()
+    targets = labels if index is None else labels[index]
+    per_corruption = {}
+    progress = options.pop("progress", False)
+    with tqdm(total=len(sets) * len(severities), desc="corruptions", disable=None if progress else True) as bar:
+        for name, images in sets.items():
+            row = {}
+            for severity in severities:
+                # a copy of the rows used: the memory-mapped set is read-only
+                pixels = torch.from_numpy(np.array(images[severity - 1, rows])).permute(0, 3, 1, 2)
+                row[str(severity)] = accuracy(pixel_model, _center_crop(pixels, crop_size), targets, **options)
+                bar.update(1)
+            row["mean"] = float(np.mean([row[str(s)] for s in severities]))
+            per_corruption[name] = row
+    info = Path(folder) / corruptions.SET_INFO
+    per_severity = {str(s): float(np.mean([row[str(s)] for row in per_corruption.values()])) for s in severities}
+    return {"source": "generated" if info.is_file() else "official", "folder": str(folder),
+            "set_info": json.loads(info.read_text()) if info.is_file() else None,
+            "mean": float(np.mean([row["mean"] for row in per_corruption.values()])),
+            "per_severity": per_severity, "per_corruption": per_corruption}
+
+
+def ood_detection(pixel_model, in_images: torch.Tensor, out_sets: dict, *, batch_size: int = 200,
+                  autocast=contextlib.nullcontext, progress: bool = False) -> dict:
+    """Per OOD set, AUROC, AUPR (in and out) and FPR95 (%) of the MSP and energy scores against `in_images`
+    as the in-distribution, and their "mean" over the sets."""
+
+    def scores(images, desc):
+        found = []
+        with eval_mode(pixel_model):
+            for x, _ in _batches(images, None, batch_size, _device(pixel_model), desc, progress):
+                with torch.no_grad(), autocast():
+                    logits = pixel_model(x)
+                found.append(torch.stack([msp_score(logits), energy_score(logits)], 1).cpu())
+        return torch.cat(found)
+
+    inside = scores(in_images, "OOD: in-distribution")
+    results = {}
+    for name, images in out_sets.items():
+        outside = scores(images, f"OOD: {name}")
+        results[name] = {"n": len(images), **{
+            score: {k: 100.0 * v for k, v in ood_metrics(inside[:, i].numpy(), outside[:, i].numpy()).items()}
+            for i, score in enumerate(("msp", "energy"))}}
+    if results:
+        results["mean"] = {score: {metric: float(np.mean([r[score][metric] for r in results.values()]))
+                                   for metric in ("auroc", "aupr_in", "aupr_out", "fpr95")}
+                           for score in ("msp", "energy")}
+    return results
+
+
+def _center_crop(images: torch.Tensor, crop: int) -> torch.Tensor:
+    """As the test loader crops: the centre crop x crop (torchvision's anchor)."""
+    height, width = images.shape[-2:]
+    top, left = round((height - crop) / 2), round((width - crop) / 2)
+    return images[..., top:top + crop, left:left + crop]
+
+
+def test_subset(dataset: data.Dataset, count: int | None = None, seed: int = 0):
+    """(uint8 images as the model sees them, labels, index, description) of `count` test images,
+    class-balanced and evenly spread (`data.balanced_indices`; None: the whole test split)."""
+    labels = dataset.test.labels
+    index = torch.arange(len(labels)) if count is None else data.balanced_indices(labels, count, seed)
+    images = _center_crop(dataset.test.images[index], dataset.crop_size)
+    return images, labels[index], index, data.describe_subset(labels, index, None if count is None else seed)
+
+
+# ---------------------------------------------------------------------------------------------------
 # The suite
 
 
 @dataclasses.dataclass
 class SuiteSettings:
-    """What the suite measures; its hash keys cached results (`key`)."""
+    """What the suite measures. Each part is keyed by the settings it depends on (`part_key`), so a stored
+    part is reused, or replaced, only by the same measurement."""
 
     fgsm_eps: tuple[float, ...] = (4 / 255, 8 / 255)
     pgd_eps: tuple[float, ...] = (4 / 255, 8 / 255)
     pgd_step_size: float = 2 / 255
+    pgd_step_fraction: float | None = None  # when set, each eps's step is this x eps (instead of pgd_step_size)
     pgd_steps: int = 20
     corruption_names: tuple[str, ...] = corruptions.CORRUPTIONS
+    severities: tuple[int, ...] = corruptions.SEVERITIES
     deformations: tuple[str, ...] = tuple(DEFORMATIONS)
     ood: tuple[str, ...] | None = None  # None: every set available offline
-    max_images: int | None = None  # the first n test images (None: all)
+    max_images: int | None = None  # a class-balanced subset of this many test images (None: all)
     batch_size: int = 200
-    seed: int = 0  # PGD's random start and the noise images
+    seed: int = 0  # the subset, PGD's random start and the noise images
 
     def key(self) -> str:
-        return hashlib.sha256(json.dumps(dataclasses.asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+        return _hash(dataclasses.asdict(self))
+
+    def part_settings(self, part: str) -> dict:
+        """The settings `part`'s numbers depend on."""
+        own = {"clean": (), "fgsm": ("fgsm_eps",), "deformations": ("deformations",), "ood": ("ood",),
+               "pgd": ("pgd_eps", "pgd_step_size", "pgd_step_fraction", "pgd_steps", "batch_size"),
+               "corruptions": ("corruption_names", "severities")}[part]
+        return {"part": part, "max_images": self.max_images, "seed": self.seed,
+                **{name: getattr(self, name) for name in own}}
+
+    def part_key(self, part: str) -> str:
+        return _hash(self.part_settings(part))
+
+
+def _hash(value) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def eps_label(eps: float) -> str:
@@ -305,75 +501,55 @@ def check_suite(suite) -> list[str]:
 
 
 def run_suite(model: nn.Module, dataset: data.Dataset, config, suite, settings: SuiteSettings | None = None, *,
-              device=None, autocast=contextlib.nullcontext, corruptions_dir=None, data_root=None,
-              progress: bool = False) -> dict:
-    """Measure `model` (trained on `dataset` with `config`, taking normalised inputs) on each part of `suite`.
+              device=None, autocast=contextlib.nullcontext, corruptions_dir=None, data_root=None, ood_root=None,
+              progress: bool = False, on_part=None) -> dict:
+    """Measure `model` (trained on `dataset` with `config`, taking normalised inputs) on each part of `suite`,
+    in the order of SUITES, on the same class-balanced test subset (settings.max_images, settings.seed).
 
     Accuracies are top-1 in %, OOD metrics in % (fpr95 too), ECE in % with 15 bins. corruptions_dir: an
-    official or generated set of this dataset's test split (corruptions.load_set checks it first).
+    official or generated set of this dataset's test split. on_part(name, entry) is called as each part
+    finishes (to save it), with entry {"numbers", "settings" (settings.part_settings), "subset", "seconds"};
+    every input is checked before the first part starts. Returns {"settings", "n_images", "subset", part:
+    numbers for each part}.
     """
     suite = check_suite(suite)
     settings = settings or SuiteSettings()
     device = torch.device(device or next(model.parameters()).device)
     pixel_model = Normalized(model, dataset.mean, dataset.std).to(device)
-    images, labels = _test_split(dataset, settings.max_images)
-    size = images.shape[-1]
-    sets = {}
+    images, labels, index, subset = test_subset(dataset, settings.max_images, settings.seed)
+    # every input checked before any work: a bad folder or name fails in a second, not after an hour
     if "corruptions" in suite:
         if corruptions_dir is None:
             raise _no_corruption_set()
-        sets = {name: corruptions.load_set(corruptions_dir, name, expected_labels=dataset.test.labels.numpy(),
-                                           image_size=dataset.test.images.shape[-1])[0]
-                for name in settings.corruption_names}  # every file checked before any work
-    unknown = [name for name in settings.deformations if name not in DEFORMATIONS] if "deformations" in suite else []
-    if unknown:
-        raise ValueError(f"unknown deformations {unknown}; available: {', '.join(DEFORMATIONS)}")
-    out_of_distribution = (ood_sets(settings.ood, config, size, len(labels), data_root, settings.seed)
-                           if "ood" in suite else {})  # read before any work too: a bad --ood fails fast
-    result = {"settings": {**dataclasses.asdict(settings), "suite_key": settings.key()}, "n_images": len(labels)}
-
-    def batches(pixels_uint8: torch.Tensor, targets: torch.Tensor | None = None):
-        for start in range(0, len(pixels_uint8), settings.batch_size):
-            x = pixels_uint8[start:start + settings.batch_size].to(device).float() / 255
-            y = None if targets is None else targets[start:start + settings.batch_size].to(device)
-            yield x, y
-
-    def accuracy(pixels_uint8, transform=None) -> float:
-        correct = 0
-        for x, y in batches(pixels_uint8, labels):
-            x = transform(x, y) if transform else x
-            with torch.no_grad(), autocast():
-                correct += (pixel_model(x).argmax(1) == y).sum().item()
-        return 100.0 * correct / len(labels)
-
-    with eval_mode(pixel_model):
-        if "clean" in suite or "ood" in suite:
-            sums, in_scores = MetricSums(device), []
-            for x, y in batches(images, labels):
-                with torch.no_grad(), autocast():
-                    logits = pixel_model(x)
-                sums.add(logits, y)
-                in_scores.append(torch.stack([msp_score(logits), energy_score(logits)], 1).cpu())
-            result["clean"] = {**sums.result(), "reliability": sums.reliability()}
-        if "fgsm" in suite:
-            result["fgsm"] = {eps_label(eps): accuracy(images, lambda x, y, eps=eps: fgsm(pixel_model, x, y, eps))
-                              for eps in settings.fgsm_eps}
-        if "pgd" in suite:
-            generator = torch.Generator().manual_seed(settings.seed)
-            result["pgd"] = {eps_label(eps): accuracy(images, lambda x, y, eps=eps: pgd(
-                pixel_model, x, y, eps, settings.pgd_step_size, settings.pgd_steps, generator=generator))
-                for eps in settings.pgd_eps}
-        if "corruptions" in suite:
-            result["corruptions"] = _corruption_accuracies(sets, corruptions_dir, len(labels), dataset, accuracy,
-                                                           progress)
-        if "deformations" in suite:
-            result["deformations"] = {name: accuracy(images, lambda x, y, name=name: deform(x, name))
-                                      for name in settings.deformations}
-            result["deformations"]["mean"] = float(np.mean(list(result["deformations"].values())))
-        if "ood" in suite:
-            result["ood"] = _ood_results(pixel_model, torch.cat(in_scores), out_of_distribution, batches, autocast)
-    if "clean" not in suite:
-        result.pop("clean", None)
+        for name in settings.corruption_names:
+            corruptions.load_set(corruptions_dir, name, expected_labels=dataset.test.labels)
+    if "deformations" in suite:
+        check_deformations(settings.deformations)
+    out_of_distribution = (ood_sets(settings.ood, config, images.shape[-1], len(labels), data_root, settings.seed,
+                                    ood_root) if "ood" in suite else {})
+    options = dict(batch_size=settings.batch_size, autocast=autocast)
+    measure = {
+        "clean": lambda: clean_metrics(pixel_model, images, labels, **options),
+        "fgsm": lambda: fgsm_accuracies(pixel_model, images, labels, settings.fgsm_eps, progress=progress, **options),
+        "pgd": lambda: pgd_accuracies(pixel_model, images, labels, settings.pgd_eps, settings.pgd_steps,
+                                      None if settings.pgd_step_fraction else settings.pgd_step_size,
+                                      settings.pgd_step_fraction, settings.seed, progress=progress, **options),
+        "corruptions": lambda: corruption_accuracies(pixel_model, corruptions_dir, settings.corruption_names,
+                                                     dataset.test.labels, dataset.crop_size, index=index,
+                                                     severities=settings.severities, progress=progress, **options),
+        "deformations": lambda: deformation_accuracies(pixel_model, images, labels, settings.deformations,
+                                                       progress=progress, **options),
+        "ood": lambda: ood_detection(pixel_model, images, out_of_distribution, progress=progress, **options),
+    }
+    result = {"settings": {**dataclasses.asdict(settings), "suite_key": settings.key()}, "n_images": len(labels),
+              "subset": subset}
+    for part in SUITES:
+        if part in suite:
+            started = time.perf_counter()
+            result[part] = measure[part]()
+            if on_part is not None:
+                on_part(part, {"numbers": result[part], "settings": settings.part_settings(part), "subset": subset,
+                               "seconds": time.perf_counter() - started})
     return result
 
 
@@ -383,105 +559,90 @@ def _no_corruption_set() -> corruptions.CorruptionSetError:
         "folder, or one written by `python -m catchup_mix corrupt --dataset DATASET --data-root DIR --out DIR`)")
 
 
-def _center_crop(images: torch.Tensor, crop: int) -> torch.Tensor:
-    """As the test loader crops: the centre crop x crop (torchvision's anchor)."""
-    height, width = images.shape[-2:]
-    top, left = round((height - crop) / 2), round((width - crop) / 2)
-    return images[..., top:top + crop, left:left + crop]
-
-
-def _test_split(dataset: data.Dataset, max_images: int | None):
-    """The first max_images test images as the model sees them, and their labels."""
-    return _center_crop(dataset.test.images[:max_images], dataset.crop_size), dataset.test.labels[:max_images]
-
-
-def _corruption_accuracies(sets: dict, folder, n: int, dataset, accuracy, progress: bool) -> dict:
-    from tqdm import tqdm
-
-    info = Path(folder) / corruptions.SET_INFO
-    per_corruption = {}
-    bar = tqdm(total=len(sets) * len(corruptions.SEVERITIES), desc="corruptions", disable=not progress)
-    for name, images in sets.items():
-        row = {}
-        for severity in corruptions.SEVERITIES:
-            # a copy: the memory-mapped set is read-only
-            pixels = torch.from_numpy(np.array(images[severity - 1, :n])).permute(0, 3, 1, 2)
-            row[str(severity)] = accuracy(_center_crop(pixels, dataset.crop_size))
-            bar.update(1)
-        row["mean"] = float(np.mean([row[str(s)] for s in corruptions.SEVERITIES]))
-        per_corruption[name] = row
-    bar.close()
-    per_severity = {str(s): float(np.mean([row[str(s)] for row in per_corruption.values()]))
-                    for s in corruptions.SEVERITIES}
-    return {"source": "generated" if info.is_file() else "official", "folder": str(folder),
-            "set_info": json.loads(info.read_text()) if info.is_file() else None,
-            "mean": float(np.mean([row["mean"] for row in per_corruption.values()])),
-            "per_severity": per_severity, "per_corruption": per_corruption}
-
-
-def _ood_results(pixel_model, in_scores, sets: dict, batches, autocast) -> dict:
-    results = {}
-    for name, images in sets.items():
-        scores = []
-        for x, _ in batches(images):
-            with torch.no_grad(), autocast():
-                logits = pixel_model(x)
-            scores.append(torch.stack([msp_score(logits), energy_score(logits)], 1).cpu())
-        scores = torch.cat(scores)
-        results[name] = {"n": len(images), **{
-            score: {k: 100.0 * v for k, v in ood_metrics(in_scores[:, i].numpy(), scores[:, i].numpy()).items()}
-            for i, score in enumerate(("msp", "energy"))}}
-    if results:
-        results["mean"] = {score: {metric: float(np.mean([r[score][metric] for r in results.values()]))
-                                   for metric in ("auroc", "aupr_in", "aupr_out", "fpr95")}
-                           for score in ("msp", "energy")}
-    return results
+def default_output(checkpoint) -> Path:
+    """Where `evaluate --suite` keeps a checkpoint's measurements unless told otherwise."""
+    return Path(checkpoint).with_suffix(".robustness.json")
 
 
 def evaluate_suite(checkpoint, suite, settings: SuiteSettings | None = None, *, corruptions_dir=None,
-                   data_root=None, device: str = "auto", progress: bool = True) -> dict:
-    """run_suite on a trained run's checkpoint, written beside it as <checkpoint>.robustness.json."""
+                   data_root=None, ood_root=None, device: str = "auto", progress: bool = True, out=None,
+                   remeasure: bool = False, show=None) -> dict:
+    """run_suite on a trained run's checkpoint, kept in `out` (default <checkpoint>.robustness.json).
+
+    The file holds every part ever measured, each under the settings it was measured with
+    (checkpoint.MeasurementFile): a part already there with today's settings is not measured again (unless
+    `remeasure`), so a rerun after an interruption continues, and measuring one part never removes another.
+    Each part is written as it finishes, after show(lines) printed it (default: print). Returns the file's
+    content.
+    """
     from . import provenance
-    from .checkpoint import write_json
+    from .checkpoint import MeasurementFile, check_writable
     from .evaluate import load_run
 
     suite = check_suite(suite)
-    if "corruptions" in suite and corruptions_dir is None:
+    settings = settings or SuiteSettings()
+    out = Path(out) if out is not None else default_output(checkpoint)
+    show = show or (lambda lines: print("\n".join(lines), flush=True))
+    store = MeasurementFile(out)  # an unreadable file stops here, untouched
+    check_writable(out.parent)  # before the checkpoint, the data and the hours of work
+    todo = [part for part in suite if remeasure or store.get(part, settings.part_key(part)) is None]
+    kept = [part for part in suite if part not in todo]
+    if kept:
+        show([f"already measured with these settings in {out}, kept: {', '.join(kept)} (--remeasure to redo)"])
+    if "corruptions" in todo and corruptions_dir is None:
         raise _no_corruption_set()  # before the checkpoint and data are loaded
-    run = load_run(checkpoint, data_root, device)
-    config = run.config
-    result = run_suite(run.model, run.dataset, config, suite, settings, device=run.device, autocast=run.autocast,
-                       corruptions_dir=corruptions_dir, data_root=data_root, progress=progress)
-    result = {"checkpoint": str(checkpoint), "epoch": run.epoch, "suite": suite, "method": config.method,
-              "model": config.model, "dataset": config.dataset, "seed": config.seed, "precision": config.precision,
-              "same_numerics_as_training": run.same_numerics, **result, "provenance": provenance.collect(run.device)}
-    write_json(Path(checkpoint).with_suffix(".robustness.json"), result)
-    return result
+    if todo:
+        run = load_run(checkpoint, data_root, device)
+        config = run.config
+        header = {"checkpoint": str(checkpoint), "epoch": run.epoch, "method": config.method, "model": config.model,
+                  "dataset": config.dataset, "seed": config.seed, "precision": config.precision,
+                  "same_numerics_as_training": run.same_numerics}
+        info = provenance.collect(run.device)
+
+        def save(part, entry):
+            show(part_lines(part, entry["numbers"], entry["settings"]))
+            store.put(part, settings.part_key(part), {**entry, "provenance": info}, **header)
+
+        show([f"{config.method} {config.model} on {config.dataset}: measuring {', '.join(todo)}"])
+        run_suite(run.model, run.dataset, config, todo, settings, device=run.device, autocast=run.autocast,
+                  corruptions_dir=corruptions_dir, data_root=data_root, ood_root=ood_root, progress=progress,
+                  on_part=save)
+    return store.data
 
 
-def summary_lines(result: dict) -> list[str]:
-    """A short table of a suite's result, one line per measurement."""
-    lines = [f"{result.get('method', '?')} {result.get('model', '')} on {result.get('dataset', '')}, "
-             f"{result['n_images']} test images"]
-    if "clean" in result:
-        clean = result["clean"]
-        lines.append(f"{'clean':<24} top-1 {clean['top1']:6.2f}   ECE {clean['ece']:5.2f}   NLL {clean['nll']:.3f}")
-    settings = result["settings"]
-    for eps, value in result.get("fgsm", {}).items():
-        lines.append(f"{'FGSM ' + eps:<24} top-1 {value:6.2f}")
-    for eps, value in result.get("pgd", {}).items():
-        label = f"PGD-{settings['pgd_steps']} {eps}"
-        lines.append(f"{label:<24} top-1 {value:6.2f}")
-    if "corruptions" in result:
-        part = result["corruptions"]
-        lines.append(f"{'corruptions (' + part['source'] + ')':<24} top-1 {part['mean']:6.2f}   by severity "
-                     + " ".join(f"{v:.1f}" for v in part["per_severity"].values()))
-    if "deformations" in result:
-        part = result["deformations"]
-        lines.append(f"{'deformations':<24} top-1 {part['mean']:6.2f}   "
-                     + " ".join(f"{k} {v:.1f}" for k, v in part.items() if k != "mean"))
-    for name, part in result.get("ood", {}).items():
-        if name != "mean":
-            lines.append(f"{'OOD ' + name:<24} AUROC {part['msp']['auroc']:6.2f} (MSP) "
-                         f"{part['energy']['auroc']:6.2f} (energy)   FPR95 {part['msp']['fpr95']:6.2f} (MSP)")
+def current_parts(stored: dict, suite, settings: SuiteSettings) -> dict:
+    """{part: entry} of a MeasurementFile's content, for the parts of `suite` measured with `settings`."""
+    parts = stored.get("parts", {})
+    found = {part: parts.get(part, {}).get(settings.part_key(part)) for part in check_suite(suite)}
+    return {part: entry for part, entry in found.items() if entry is not None}
+
+
+def part_lines(part: str, numbers: dict, part_settings: dict) -> list[str]:
+    """A part's numbers as short table lines."""
+    if part == "clean":
+        return [f"{'clean':<24} top-1 {numbers['top1']:6.2f}   ECE {numbers['ece']:5.2f}   NLL {numbers['nll']:.3f}"]
+    if part == "fgsm":
+        return [f"{'FGSM ' + eps:<24} top-1 {value:6.2f}" for eps, value in numbers.items()]
+    if part == "pgd":
+        return [f"{'PGD-' + str(part_settings['pgd_steps']) + ' ' + eps:<24} top-1 {value:6.2f}"
+                for eps, value in numbers.items()]
+    if part == "corruptions":
+        return [f"{'corruptions (' + numbers['source'] + ')':<24} top-1 {numbers['mean']:6.2f}   by severity "
+                + " ".join(f"{v:.1f}" for v in numbers["per_severity"].values())]
+    if part == "deformations":
+        return [f"{'deformations':<24} top-1 {numbers['mean']:6.2f}   "
+                + " ".join(f"{k} {v:.1f}" for k, v in numbers.items() if k != "mean")]
+    return [f"{'OOD ' + name:<24} AUROC {value['msp']['auroc']:6.2f} (MSP) {value['energy']['auroc']:6.2f} (energy)"
+            f"   FPR95 {value['msp']['fpr95']:6.2f} (MSP)" for name, value in numbers.items() if name != "mean"]
+
+
+def summary_lines(stored: dict, suite, settings: SuiteSettings) -> list[str]:
+    """The table of what a MeasurementFile holds for `suite` at `settings`, with the subset it was measured on."""
+    parts = current_parts(stored, suite, settings)
+    subset = next(iter(parts.values()))["subset"] if parts else None
+    lines = [f"{stored.get('method', '?')} {stored.get('model', '')} on {stored.get('dataset', '')}, "
+             + (f"{subset['images']} test images ({subset['selection']}, {subset['classes']} classes)"
+                if subset else "nothing measured")]
+    for part, entry in parts.items():
+        lines += part_lines(part, entry["numbers"], entry["settings"])
     return lines

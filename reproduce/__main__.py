@@ -86,15 +86,22 @@ def reproduce(name: str, settings: Settings, dry_run: bool, tables_only: bool, b
         return
     if not tables_only:
         started = time.monotonic() if started is None else started
+        measurement = artifact.measure_each_run(settings) if artifact.measure_each_run else None
         for index, run in enumerate(runs, 1):
-            if find_result(run, settings.out) is not None:
+            result = find_result(run, settings.out)
+            missing = measurement.missing(result) if measurement and result is not None else []
+            if result is not None and not missing:
                 continue
             if budget_minutes is not None and not _fits(budget_minutes, started, runs, settings.out):
                 print(f"[{name}] time budget of {budget_minutes:g} min reached: stopping before run {index} of "
                       f"{len(runs)}; run the same command again to continue", flush=True)
                 break
-            print(f"[{name}] run {index} of {len(runs)}: {run.name}", flush=True)
-            execute(run, settings.out)
+            doing = f"measuring {', '.join(missing)}" if result is not None else "training"
+            print(f"[{name}] run {index} of {len(runs)}: {run.name} ({doing})", flush=True)
+            if measurement is None:
+                execute(run, settings.out)
+            else:
+                execute(run, settings.out, measurement)
     # Read every result from disk now, not from what this process trained: where several processes share
     # an artifact, the last one to finish renders every run that any of them finished.
     results = [(run, find_result(run, settings.out)) for run in runs]

@@ -18,7 +18,7 @@ from pathlib import Path
 from catchup_mix import methods
 from catchup_mix.config import PRESETS
 
-from . import evidence, filters, report, robustness, runner
+from . import evidence, evidence_report, filters, report, robustness, runner
 from .runner import Run
 
 SCALES = ("smoke", "medium", "paper")
@@ -41,6 +41,8 @@ class Artifact:
     plan: Callable[[Settings], list[Run]]
     render: Callable[[Settings, list, dict | None], list[Path]]  # (settings, [(run, result)], measurement)
     measure: Callable[[Settings, list], dict] | None = None  # extra measurement after the runs
+    # a measurement of each run right after its training (runner.execute): built from the settings
+    measure_each_run: Callable[[Settings], object] | None = None
     paper_gpu_hours: Callable[[Settings], float] | None = None  # for artifacts that are not training runs
     scales: tuple[str, ...] = ("smoke", "paper")
 
@@ -260,7 +262,9 @@ def render_figure_mixing(settings, results, measurement):
 
 
 def plan_evidence(settings: Settings) -> list[Run]:
-    smoke = with_model({**SMOKE_TRAINING, **smoke_data(settings)}, "preactresnet18", "smoke")
+    # with the filter probe, as figure_lagging's smoke runs: the same configs, so trained once for both
+    smoke = with_model({**SMOKE_TRAINING, **smoke_data(settings), "filter_probe": filters.PROBE_IMAGES["smoke"]},
+                       "preactresnet18", "smoke")
     return evidence.plan_evidence(settings, smoke)
 
 
@@ -309,9 +313,11 @@ ARTIFACTS = {
         Artifact("robustness", "FGSM/PGD, CIFAR-100-C corruptions, deformations, OOD detection and calibration of "
                  "table1's PreActResNet-18 runs (every method)", plan_table1_preactresnet18, robustness.render,
                  measure=robustness.measure, paper_gpu_hours=measured_only(0.2)),
-        Artifact("evidence", "does the channel selection matter? Catch-up Mix vs its random/high-channel "
-                 "ablations and the baselines, 3 seeds paired, long schedule on real CIFAR-10 (CPU hours)",
-                 plan_evidence, evidence.render_evidence, scales=("smoke", "medium")),
+        Artifact("evidence", "the paper's three claims at CPU scale (accuracy, robustness, the filter mechanism): "
+                 "Catch-up Mix vs its random/high-channel ablations and the baselines, paired seeds, each run "
+                 "measured after training, real CIFAR-10 (CPU hours)",
+                 plan_evidence, evidence_report.render, measure_each_run=evidence.Measurement,
+                 scales=("smoke", "medium")),
         Artifact("figure_filters", "channel-norm distribution, Gini, top-10% share and lagging channels per layer "
                  "(PreActResNet-18, every method, table 1's runs)", plan_table1_preactresnet18, filters.render_filters,
                  measure=filters.measure_filters, paper_gpu_hours=measured_only(0.01)),

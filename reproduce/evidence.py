@@ -1,4 +1,5 @@
-"""Evidence at CPU scale: does choosing channels by their norm matter?
+"""Evidence at CPU scale: the paper's three claims (accuracy, robustness, the filter mechanism) measured on
+runs trained long enough to mean something.
 
 The paper's point is that Catch-up Mix swaps a sample's *strong* feature maps (by relative l2 norm) for
 its partner's. Smoke runs are too short to say anything: mixing methods regularise, and regularisation
@@ -6,7 +7,10 @@ pays only once plain training over-fits. The `medium` scale trains long enough f
 training set, on 2 CPU cores, with the reference loss and optimiser (softmax BCE, SGD with Nesterov), and
 compares Catch-up Mix with the same op choosing its channels at random (`selection=random`) or the
 opposite way (`selection=high`), and with the baselines, paired by seed: at a given seed every run type
-starts from the same weights and sees the same data order and augmentation.
+starts from the same weights and sees the same data order and augmentation. Each run measures itself right
+after training (`Measurement`: calibration, attacks, corruptions, deformations, OOD detection, the channel
+statistics, reliance and the Hessian) into its result file; evidence_report.py makes the tables and
+evidence_figures.py the figures from the stored results alone.
 
 Medium protocol (calibration: docs/evidence.md): CIFAR-10 (the JPEG copy in ../shared/data, read as an
 image folder), the first 500 training images of each class, the full 10,000-image test set,
@@ -16,13 +20,16 @@ test set is evaluated every 5 epochs and at each of the last 10 (evaluation cost
 training here); "best" is the best of the evaluated epochs.
 """
 
-import math
-import statistics
-from collections import defaultdict
+import hashlib
+import json
+import time
+from pathlib import Path
 
-from catchup_mix import methods
+import torch
+import torch.nn.functional as F
 
-from . import report
+from catchup_mix import analysis, corruptions, data, image_ops, methods, robustness
+
 from .runner import Run
 
 MEDIUM_TRAINING = dict(
@@ -35,9 +42,6 @@ MEDIUM_TRAINING = dict(
 )
 MEDIUM_DATA_ROOT = "data/cifar10-jpeg"  # where `../shared/data/unpack data` puts the CIFAR-10 copy
 CORE = ("vanilla", "cutmix", "catchup_mix", "catchup_mix random", "catchup_mix high")
-REFERENCE = "catchup_mix"
-COMPARED_WITH = ("catchup_mix random", "catchup_mix high", "cutmix", "vanilla")
-LAST_EPOCHS = 5  # the primary number: mean test top-1 of the last 5 epochs (steadier than the last epoch)
 
 
 def run_types() -> dict[str, tuple[str, dict]]:
@@ -81,47 +85,210 @@ def plan_evidence(settings, smoke_base: dict) -> list[Run]:
 
 
 # ---------------------------------------------------------------------------------------------------
-# Numbers
+# Measurements: each run measures itself right after training (runner.execute), part by part, into its
+# result file ("measurements": part -> settings key -> entry). A part is measured once per settings; an
+# interrupted measurement keeps the parts that finished, and the next run of the command does the rest.
+
+ADVERSARIAL_EPS = (1 / 255, 2 / 255, 4 / 255, 8 / 255)
+# What each part measures, per scale: fixed images (class-balanced test subsets, data.balanced_indices with
+# SUBSET_SEED), the same for every run. Medium sizes keep all parts together under a quarter of a run's
+# training time on one CPU thread; docs/evidence.md gives each part's cost and sampling error.
+MEASUREMENTS = {
+    "medium": {
+        "calibration": dict(images=None),
+        "fgsm": dict(images=2000, eps=ADVERSARIAL_EPS),
+        "pgd": dict(images=500, eps=(2 / 255, 8 / 255), steps=20, step_fraction=0.25),
+        "corruptions": dict(images=500, corruptions=corruptions.CORRUPTIONS, severities=corruptions.SEVERITIES),
+        "deformations": dict(images=1000, deformations=tuple(robustness.DEFORMATIONS)),
+        "ood": dict(images=1000, sets=("tiny_imagenet", "noise_gaussian", "noise_uniform")),
+        "filters": dict(images=2000, top_fraction=0.1),
+        "reliance": dict(images=300, fractions=(0.0, 0.1, 0.25, 0.5), draws=5),
+        "hessian": dict(images=200, batch=100, iters=20, tol=1e-3, trace_samples=10),
+    },
+    "smoke": {
+        "calibration": dict(images=None),
+        "fgsm": dict(images=100, eps=(2 / 255, 8 / 255)),
+        "pgd": dict(images=50, eps=(8 / 255,), steps=2, step_fraction=0.25),
+        "corruptions": dict(images=50, corruptions=("gaussian_noise", "fog", "contrast"),
+                            severities=corruptions.SEVERITIES),
+        "deformations": dict(images=100, deformations=("rotate+15", "zoom_out_0.75")),
+        "ood": dict(images=100, sets=("noise_gaussian", "noise_uniform")),
+        "filters": dict(images=100, top_fraction=0.1),
+        "reliance": dict(images=50, fractions=(0.0, 0.5), draws=2),
+        "hessian": dict(images=20, batch=10, iters=3, tol=1e-3, trace_samples=2),
+    },
+}
+SUBSET_SEED = 0  # the subsets, PGD's random starts, the noise images, the random channels, the Hessian vectors
+BATCH = 250
 
 
-def run_numbers(result: dict) -> dict:
-    """The per-run numbers of the table, from a run's result."""
-    evaluated = [row for row in result["history"] if "test_top1" in row]
-    summary = result["summary"]
-    return {"last": summary["last_top1"], "best": summary["best_top1"],
-            "last5": statistics.mean(row["test_top1"] for row in evaluated[-LAST_EPOCHS:]),
-            "nll": summary["last_nll"], "ece": summary["last_ece"]}
+class Measurement:
+    """The evidence's measurement of one run at one scale (runner.execute calls it right after training).
+
+    Each part of MEASUREMENTS[scale] is stored in the run's result file under the hash of its settings
+    (checkpoint.MeasurementFile), with the subset it used, the seconds it took, and the provenance of the
+    measurement and of the checkpoint; `missing(result)` names the parts not stored with today's settings.
+    """
+
+    def __init__(self, settings):
+        self.scale, self.out = settings.scale, settings.out
+        self.plan = MEASUREMENTS[settings.scale]
+        self.data_root = settings.data_root
+
+    def part_settings(self, part: str) -> dict:
+        extra = {"generator": corruption_generator()} if part == "corruptions" else {}
+        return {"part": part, **self.plan[part], "seed": SUBSET_SEED, **extra}
+
+    def key(self, part: str) -> str:
+        return settings_key(self.part_settings(part))
+
+    def missing(self, result: dict) -> list[str]:
+        stored = result.get("measurements", {})
+        return [part for part in self.plan if self.key(part) not in stored.get(part, {})]
+
+    def __call__(self, run, result_path: Path, checkpoint: Path) -> None:
+        from catchup_mix import provenance
+        from catchup_mix.checkpoint import MeasurementFile
+        from catchup_mix.evaluate import load_run
+
+        store = MeasurementFile(result_path, field="measurements")
+        todo = self.missing(store.data)
+        loaded = load_run(checkpoint, data_root=run.config.get("data_root"), device=run.config.get("device", "auto"))
+        pixel_model = robustness.Normalized(loaded.model, loaded.dataset.mean, loaded.dataset.std).to(loaded.device)
+        made = {key: loaded.provenance.get(key) for key in ("commit", "dirty", "time_utc", "host", "device")}
+        info = provenance.collect(loaded.device)
+        print(f"[evidence] {run.name}: measuring {', '.join(todo)}", flush=True)
+        for part in todo:
+            started = time.perf_counter()
+            numbers, subset = MEASURE[part](self, loaded, pixel_model, self.plan[part])
+            seconds = time.perf_counter() - started
+            store.put(part, self.key(part), {"settings": self.part_settings(part), "subset": subset,
+                                             "numbers": numbers, "seconds": seconds, "provenance": info,
+                                             "checkpoint": {"epoch": loaded.epoch, **made}})
+            print(f"[evidence] {run.name}: {part} measured in {seconds:.0f} s", flush=True)
+
+    def corruption_set(self, loaded, images: torch.Tensor, labels: torch.Tensor) -> Path:
+        """The corrupted versions of the fixed subset, generated once per machine and code version and shared by
+        every run (write_set lets several processes share the work)."""
+        pixels = images.permute(0, 2, 3, 1).numpy()
+        folder = (self.out / "runs" / self.scale / "corruptions" /
+                  f"evidence-{corruptions.fingerprint(pixels, labels.numpy())}-{corruption_generator()}")
+        corruptions.write_set(pixels, labels.numpy(), folder, self.plan["corruptions"]["corruptions"], seed=SUBSET_SEED,
+                              progress=False)
+        return folder
+
+    def ood_root(self, loaded) -> str | None:
+        """Where the other datasets lie: beside the training data (`unpack data` puts CIFAR-10 and
+        Tiny-ImageNet side by side)."""
+        root = loaded.config.data_root
+        return None if root is None else str(Path(root).expanduser().resolve().parent)
 
 
-def t_interval(differences: list[float], confidence: float = 0.95) -> tuple[float, float, float] | None:
-    """Mean and two-sided t interval of paired differences; None with fewer than two pairs."""
-    from scipy import stats
-
-    if len(differences) < 2:
-        return None
-    mean = statistics.mean(differences)
-    half = stats.t.ppf(0.5 + confidence / 2, len(differences) - 1) * statistics.stdev(differences)
-    half /= math.sqrt(len(differences))
-    return mean, mean - half, mean + half
+def settings_key(settings: dict) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def paired_cell(differences: list[float]) -> str:
-    interval = t_interval(differences)
-    if interval is None:
-        return f"{differences[0]:+.2f} (1 seed: no interval)" if differences else "—"
-    mean, low, high = interval
-    verdict = " not resolved" if low <= 0 <= high else ""
-    return f"{mean:+.2f} [{low:+.2f}, {high:+.2f}]{verdict}"
+def corruption_generator() -> str:
+    """A fingerprint of the code that generates the corrupted images: a stored corruption measurement made by
+    other code is measured again."""
+    digest = hashlib.sha256()
+    for module in (corruptions, image_ops):
+        digest.update(Path(module.__file__).read_bytes())
+    return digest.hexdigest()[:12]
 
 
-def paired_differences(numbers: dict, a: str, b: str, key: str) -> list[float]:
-    """a minus b on `key`, over the seeds both have."""
-    seeds = sorted(numbers[a].keys() & numbers[b].keys())
-    return [numbers[a][seed][key] - numbers[b][seed][key] for seed in seeds]
+def _subset(loaded, count):
+    images, labels, _, subset = robustness.test_subset(loaded.dataset, count, SUBSET_SEED)
+    return images, labels, subset
 
 
-# ---------------------------------------------------------------------------------------------------
-# Table and figure
+def _options(loaded) -> dict:
+    return dict(batch_size=BATCH, autocast=loaded.autocast)
+
+
+def _clean_accuracy(pixel_model, images, labels, loaded) -> float:
+    return robustness.accuracy(pixel_model, images, labels, **_options(loaded))
+
+
+def _measure_calibration(measurement, loaded, pixel_model, plan):
+    images, labels, subset = _subset(loaded, plan["images"])
+    return robustness.clean_metrics(pixel_model, images, labels, **_options(loaded)), subset
+
+
+def _measure_fgsm(measurement, loaded, pixel_model, plan):
+    images, labels, subset = _subset(loaded, plan["images"])
+    numbers = robustness.fgsm_accuracies(pixel_model, images, labels, plan["eps"], **_options(loaded))
+    return {"clean": _clean_accuracy(pixel_model, images, labels, loaded), **numbers}, subset
+
+
+def _measure_pgd(measurement, loaded, pixel_model, plan):
+    images, labels, subset = _subset(loaded, plan["images"])
+    numbers = robustness.pgd_accuracies(pixel_model, images, labels, plan["eps"], plan["steps"],
+                                        step_fraction=plan["step_fraction"], seed=SUBSET_SEED, **_options(loaded))
+    return {"clean": _clean_accuracy(pixel_model, images, labels, loaded), **numbers}, subset
+
+
+def _measure_corruptions(measurement, loaded, pixel_model, plan):
+    dataset = loaded.dataset
+    index = data.balanced_indices(dataset.test.labels, plan["images"], SUBSET_SEED)
+    split = dataset.test.subset(index)
+    folder = measurement.corruption_set(loaded, split.images, split.labels)
+    numbers = robustness.corruption_accuracies(pixel_model, folder, plan["corruptions"], split.labels,
+                                               dataset.crop_size, severities=plan["severities"], **_options(loaded))
+    images = robustness._center_crop(split.images, dataset.crop_size)
+    numbers["clean"] = _clean_accuracy(pixel_model, images, split.labels, loaded)
+    return numbers, data.describe_subset(dataset.test.labels, index, SUBSET_SEED)
+
+
+def _measure_deformations(measurement, loaded, pixel_model, plan):
+    images, labels, subset = _subset(loaded, plan["images"])
+    numbers = robustness.deformation_accuracies(pixel_model, images, labels, plan["deformations"], **_options(loaded))
+    return {"clean": _clean_accuracy(pixel_model, images, labels, loaded), **numbers}, subset
+
+
+def _measure_ood(measurement, loaded, pixel_model, plan):
+    images, _, subset = _subset(loaded, plan["images"])
+    sets = robustness.ood_sets(plan["sets"], loaded.config, images.shape[-1], plan["images"], seed=SUBSET_SEED,
+                               ood_root=measurement.ood_root(loaded))
+    return robustness.ood_detection(pixel_model, images, sets, **_options(loaded)), subset
+
+
+def _normalised_batches(loaded, split: str, count: int, batch: int = BATCH):
+    images, labels = analysis.fixed_batch(loaded.dataset, split, count, loaded.device, seed=SUBSET_SEED)
+    whole = getattr(loaded.dataset, split).labels
+    subset = data.describe_subset(whole, data.balanced_indices(whole, count, SUBSET_SEED), SUBSET_SEED)
+    return list(zip(images.split(batch), labels.split(batch), strict=True)), subset
+
+
+def _measure_filters(measurement, loaded, pixel_model, plan):
+    batches, subset = _normalised_batches(loaded, "test", plan["images"])
+    norms = analysis.channel_norms(loaded.model, batches)
+    statistics_ = analysis.filter_statistics(norms, top_fraction=plan["top_fraction"])
+    return {"norms": {str(k): [round(v, 5) for v in values.tolist()] for k, values in norms.items()},
+            **{name: {str(k): v for k, v in values.items()} for name, values in statistics_.items()}}, subset
+
+
+def _measure_reliance(measurement, loaded, pixel_model, plan):
+    batches, subset = _normalised_batches(loaded, "test", plan["images"])
+    norms = analysis.channel_norms(loaded.model, batches)  # one ranking pass for every hook point
+    return {str(k): analysis.reliance(loaded.model, batches, k, plan["fractions"], seed=SUBSET_SEED, norms=norms[k],
+                                      random_draws=plan["draws"])
+            for k in norms}, subset
+
+
+def _measure_hessian(measurement, loaded, pixel_model, plan):
+    batches, subset = _normalised_batches(loaded, "train", plan["images"], plan["batch"])
+    eigenvalue, eigen_info = analysis.hessian_top_eigenvalue(loaded.model, F.cross_entropy, batches, plan["iters"],
+                                                             seed=SUBSET_SEED, tol=plan["tol"], return_info=True)
+    trace, trace_info = analysis.hessian_trace(loaded.model, F.cross_entropy, batches, plan["trace_samples"],
+                                               seed=SUBSET_SEED, return_info=True)
+    return {"top_eigenvalue": eigenvalue, **{f"eigenvalue_{k}": v for k, v in eigen_info.items()},
+            "trace": trace, **{f"trace_{k}": v for k, v in trace_info.items()}}, subset
+
+
+MEASURE = {"calibration": _measure_calibration, "fgsm": _measure_fgsm, "pgd": _measure_pgd,
+           "corruptions": _measure_corruptions, "deformations": _measure_deformations, "ood": _measure_ood,
+           "filters": _measure_filters, "reliance": _measure_reliance, "hessian": _measure_hessian}
 
 
 def describe_protocol(settings, runs) -> str:
@@ -132,81 +299,3 @@ def describe_protocol(settings, runs) -> str:
                 f"PreActResNet-18 width {config['width']}, {config['epochs']} epochs")
     return (f"{config['dataset']} data, {config['num_classes']} classes, PreActResNet-18 width {config['width']}, "
             f"{config['epochs']} epochs")
-
-
-def render_evidence(settings, results, measurement):
-    numbers = defaultdict(dict)  # run type -> seed -> per-run numbers
-    histories = defaultdict(list)
-    for run, result in results:
-        if result is not None:
-            numbers[run.labels["run_type"]][run.seed] = run_numbers(result)
-            histories[run.labels["run_type"]].append(result["history"])
-    types = list(dict.fromkeys(run.labels["run_type"] for run, _ in results))
-    runs = [run for run, _ in results]
-    title = f"Evidence at {settings.scale} scale: {describe_protocol(settings, runs)}"
-
-    rows = []
-    for label in types:
-        per_seed = list(numbers[label].values())
-        rows.append([label, *(report.mean_std([n[key] for n in per_seed]) for key in
-                              ("last", "best", "last5", "nll", "ece")), str(len(per_seed))])
-    comparisons = []
-    for other in COMPARED_WITH:
-        if other in numbers and REFERENCE in numbers:
-            cells = [paired_cell(paired_differences(numbers, REFERENCE, other, key)) for key in ("last5", "nll", "ece")]
-            seeds = len(numbers[REFERENCE].keys() & numbers[other].keys())
-            comparisons.append([f"{REFERENCE} − {other}", *cells, str(seeds)])
-
-    done = [result for _, result in results if result is not None]
-    hours = sum(r["summary"].get("wall_time_s", r["summary"]["train_time_s"]) for r in done) / 3600
-    cells = ("Columns: test top-1 (%) at the last epoch, at the best tested epoch, and averaged over the last "
-             f"{LAST_EPOCHS} tested epochs (the primary number); test NLL and ECE (%, 15 bins) at the last epoch; "
-             "mean ± sample std over seeds; n = seeds done; — = not run yet.")
-    notes = report.provenance_notes(settings, results, cells) + [
-        f"Compute so far: {hours:.1f} h of wall-clock time for {len(done)} runs "
-        f"({', '.join(sorted({r['summary']['provenance']['device'] for r in done})) or 'none yet'}).",
-        f"Paired comparison: {REFERENCE} minus the other run type at the same seed (same initial weights, data "
-        "order and augmentation), mean difference and 95% t interval over seeds. \"not resolved\": the "
-        "interval covers 0, so these seeds cannot tell the two apart. Positive is better for top-1, negative "
-        "for NLL and ECE.",
-    ]
-    table = report.Table(title, notes, ["Run type", "Last", "Best", f"Mean last {LAST_EPOCHS}", "NLL", "ECE (%)",
-                                        "n"], [("Per run type", rows)])
-    comparison = report.Table("Catch-up Mix against its channel-selection ablations and baselines", [],
-                              ["Paired difference", f"Top-1, mean last {LAST_EPOCHS}", "NLL", "ECE (%)", "Seeds"],
-                              [("", comparisons)])
-    return report.write_table(settings, "evidence", table, comparison) + _curves(settings, title, types, histories)
-
-
-def _curves(settings, title, types, histories) -> list:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
-    colours = plt.get_cmap("tab10")
-    for index, label in enumerate(types):
-        runs = histories.get(label)
-        if not runs:
-            continue
-        runs = [[row for row in history if "test_top1" in row] for history in runs]  # evaluated epochs
-        length = min(len(history) for history in runs)
-        epochs = [row["epoch"] for row in runs[0][:length]]
-        style = dict(color=colours(index % 10), ls="-" if index < 10 else "--")
-        for ax, key in zip(axes, ("test_top1", "test_nll"), strict=True):
-            values = np.array([[row[key] for row in history[:length]] for history in runs])
-            mean = values.mean(0)
-            ax.plot(epochs, mean, lw=1.3, label=f"{label} (n={len(runs)})", **style)
-            if len(runs) > 1:
-                ax.fill_between(epochs, values.min(0), values.max(0), alpha=0.15, color=style["color"], lw=0)
-    axes[0].set_ylabel("test top-1 (%)")
-    axes[1].set_ylabel("test NLL (nats per image)")
-    for ax in axes:
-        ax.set_xlabel("epoch")
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7, loc="lower right")
-    axes[1].set_title("lines: mean over seeds; bands: min to max over seeds", fontsize=8)
-    fig.suptitle(report.wrap_title(title, fig), fontsize=10)
-    return report.save_figure(settings, "evidence", fig, dpi=150)

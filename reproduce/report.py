@@ -327,11 +327,13 @@ def wrap_title(title: str, fig) -> str:
     return "\n".join(textwrap.fill(part, width_chars) for part in title.replace(" [", "\n[").split("\n"))
 
 
-def save_figure(settings, artifact: str, fig, dpi: int) -> list[Path]:
-    """Write `fig` as figures/[smoke/]<artifact>.png and .pdf, then close it."""
+def save_figure(settings, artifact: str, fig, dpi: int, tight: bool = True) -> list[Path]:
+    """Write `fig` as figures/[smoke/]<artifact>.png and .pdf, then close it; tight=False keeps the caller's
+    own layout (e.g. a band left free for a legend)."""
     import matplotlib.pyplot as plt
 
-    fig.tight_layout()
+    if tight:
+        fig.tight_layout()
     paths = [output_path(settings, "figures", artifact, ext) for ext in (".png", ".pdf")]
     for path in paths:  # no creation date in the PDF: regenerating unchanged results changes no file
         fig.savefig(path, dpi=dpi, metadata={"CreationDate": None} if path.suffix == ".pdf" else None)

@@ -70,27 +70,39 @@ class Run:
         return out / "results" / self.artifact / self.scale / f"{self.name}-{self.key}.json"
 
 
-def execute(run: Run, out: Path) -> dict | None:
-    """The run's result, training it first if needed; None if another process is training it now."""
+def execute(run: Run, out: Path, measurement=None) -> dict | None:
+    """The run's result, training it first if needed; None if another process is training or measuring it.
+
+    measurement: an artifact's per-run measurement (e.g. evidence.Measurement): `measurement.missing(result)`
+    names the parts the result lacks, `measurement(run, result_path, checkpoint)` measures and stores them in
+    the result file. It runs right after training, under the same lock, in the same process; a result whose
+    run folder is gone (results are committed, runs/ is not) is trained again first, and says so.
+    """
     result = find_result(run, out)
-    if result is not None:
+    if result is not None and not (measurement and measurement.missing(result)):
         return result
-    result_path, run_dir = run.result_path(out), run.run_dir(out)
+    run_dir = run.run_dir(out)
     with _exclusive(run_dir) as mine:
         if not mine:
-            print(f"[{run.artifact}] {run.name}: being trained by another process, skipped here", flush=True)
+            print(f"[{run.artifact}] {run.name}: being trained or measured by another process, skipped here",
+                  flush=True)
             return None
-        summary_path = run_dir / "summary.json"
-        if summary_path.exists():
-            summary = json.loads(summary_path.read_text())
-        else:
-            print(f"[{run.artifact}] {run.name}: training ({run_dir})", flush=True)
-            summary = _train(run, run_dir)
-        history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-        result = {"artifact": run.artifact, "scale": run.scale, "labels": run.labels, "seed": run.seed,
-                  "key": run.key, "summary": summary, "history": history}
-        write_json(result_path, result)
-        return result
+        result_path = result_file(run, out)  # again under the lock: another process may have just written it
+        if result_path is None:
+            result_path = run.result_path(out)
+            summary_path = run_dir / "summary.json"
+            if summary_path.exists():
+                summary = json.loads(summary_path.read_text())
+            else:
+                print(f"[{run.artifact}] {run.name}: training ({run_dir})", flush=True)
+                summary = _train(run, run_dir)
+            history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+            write_json(result_path, {"artifact": run.artifact, "scale": run.scale, "labels": run.labels,
+                                     "seed": run.seed, "key": run.key, "summary": summary, "history": history})
+        if measurement is not None and measurement.missing(json.loads(result_path.read_text())):
+            _one_thread_if_repeatable(run)  # measured on as many threads as trained: the same numbers anywhere
+            measurement(run, result_path, _trained_checkpoint(run, run_dir))
+        return json.loads(result_path.read_text())
 
 
 def checkpoint(run: Run, out: Path) -> Path:
@@ -102,40 +114,57 @@ def checkpoint(run: Run, out: Path) -> Path:
             if not mine:
                 raise RuntimeError(f"{run.name} is being trained by another process in {run_dir}: run this "
                                    "again when it has finished")
-            print(f"[{run.artifact}] {run.name}: result found but no checkpoint, training it ({run_dir})",
-                  flush=True)
-            _train(run, run_dir)
+            return _trained_checkpoint(run, run_dir)
     return run_dir / "checkpoints" / "last.pt"
 
 
-# The committed CPU results (smoke and medium scale) train on one torch thread: with several, how a reduction
+def _trained_checkpoint(run: Run, run_dir: Path) -> Path:
+    """The run's last checkpoint, training the run again (the caller holds its lock) if its folder is gone."""
+    if not (run_dir / "summary.json").exists():
+        print(f"[{run.artifact}] {run.name}: result found but no checkpoint, training it again to measure it "
+              f"({run_dir}); the measurement records this checkpoint's own provenance (on a GPU the retrained "
+              "model is not bitwise the one the result was made with)", flush=True)
+        _train(run, run_dir)
+    return run_dir / "checkpoints" / "last.pt"
+
+
+# The committed CPU results (smoke and medium scale) are made on one torch thread: with several, how a reduction
 # is split over threads sets its summation order, so the last bits, and after many steps the weights, depend
 # on the machine's core count (docs/evidence.md, "Repeatability").
 ONE_THREAD_SCALES = ("smoke", "medium")
 
 
-def _train(run: Run, run_dir: Path) -> dict:
+def _one_thread_if_repeatable(run: Run) -> None:
     import torch
 
+    if run.scale in ONE_THREAD_SCALES and resolve_runtime(make_config(run.config)).device == "cpu":
+        torch.set_num_threads(1)
+
+
+def _train(run: Run, run_dir: Path) -> dict:
     from catchup_mix.train import train
 
-    config = make_config({**run.config, "seed": run.seed, "output_dir": str(run_dir)})
-    if run.scale in ONE_THREAD_SCALES and resolve_runtime(config).device == "cpu":
-        torch.set_num_threads(1)
-    return train(config, resume=True)
+    _one_thread_if_repeatable(run)
+    return train(make_config({**run.config, "seed": run.seed, "output_dir": str(run_dir)}), resume=True)
 
 
 def find_result(run: Run, out: Path) -> dict | None:
-    """The run's stored result, or None: the file of its key, or a file of the same run name whose stored
-    config gives the same key today (written before a config key with a neutral default was added)."""
+    """The run's stored result (see `result_file`), or None."""
+    path = result_file(run, out)
+    return None if path is None else json.loads(path.read_text())
+
+
+def result_file(run: Run, out: Path) -> Path | None:
+    """The file of the run's stored result, or None: the file of its key, or a file of the same run name whose
+    stored config gives the same key today (written before a config key with a neutral default was added)."""
     path = run.result_path(out)
     if path.exists():
-        return json.loads(path.read_text())
+        return path
     for candidate in sorted(path.parent.glob(f"{run.name}-*.json")):
         result = json.loads(candidate.read_text())
         try:
             if run_key(result["summary"]["config"]) == run.key:
-                return result
+                return candidate
         except (ConfigError, KeyError):  # a key that no longer exists, or not a run result
             continue
     return None

@@ -238,19 +238,110 @@ def test_evaluate_suite_command_writes_every_number_beside_the_checkpoint(checkp
     corrupted = tmp_path / "c"
     assert cli(["corrupt", "--dataset", "synthetic", "--num-classes", "3", "--test-per-class", "4", "--out",
                 str(corrupted), "--corruptions", *corruptions.CORRUPTIONS[:2]]) == 0
-    capsys.readouterr()
-    # a set missing 13 of the 15 corruptions: refused before any work, naming the command that makes it
+    assert "wrote 2 corruptions" in capsys.readouterr().out
+    # a set with 2 of the 15 corruptions: measured on what is there, the rest named with the command that makes it
+    out = tmp_path / "numbers.json"
     assert cli(["evaluate", "--checkpoint", str(checkpoint), "--suite", "corruptions", "--corruptions-dir",
-                str(corrupted)]) == 2
-    assert "has no impulse_noise.npy" in capsys.readouterr().err
+                str(corrupted), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "lacks 13 of the 15" in printed and "--corruptions impulse_noise" in printed
+    stored = json.loads(out.read_text())["parts"]["corruptions"]
+    (entry,) = stored.values()
+    assert set(entry["numbers"]["per_corruption"]) == set(corruptions.CORRUPTIONS[:2])
     assert cli(["evaluate", "--checkpoint", str(checkpoint), "--suite", "clean,fgsm,deformations,ood",
                 "--max-images", "6"]) == 0
     printed = capsys.readouterr().out
-    assert "FGSM 8/255" in printed and "OOD unseen_classes" in printed
+    assert "FGSM 8/255" in printed and "OOD unseen_classes" in printed and "6 test images" in printed
     written = json.loads(checkpoint.with_suffix(".robustness.json").read_text())
-    assert written["n_images"] == 6 and written["suite"] == ["clean", "fgsm", "deformations", "ood"]
-    assert written["method"] == "vanilla" and written["provenance"]["commit"] and "pgd" not in written
+    assert set(written["parts"]) == {"clean", "fgsm", "deformations", "ood"} and written["method"] == "vanilla"
+    clean = next(iter(written["parts"]["clean"].values()))
+    assert clean["subset"]["images"] == 6 and clean["subset"]["classes"] == 3 and clean["subset"]["per_class"] == [2, 2]
+    assert clean["provenance"]["commit"] and clean["settings"]["max_images"] == 6
     assert not list(checkpoint.parent.glob(".*.tmp"))  # written atomically
+
+
+def test_evaluate_suite_merges_parts_and_a_rerun_continues(checkpoint, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "kept.json"
+    base = ["evaluate", "--checkpoint", str(checkpoint), "--out", str(out), "--max-images", "6"]
+    assert cli([*base, "--suite", "clean,fgsm", "--eps", "2/255", "4/255"]) == 0
+    first = json.loads(out.read_text())["parts"]
+    assert set(next(iter(first["fgsm"].values()))["numbers"]) == {"2/255", "4/255"}
+    # another part, and the same part with other settings: neither removes what was there
+    assert cli([*base, "--suite", "pgd", "--steps", "2"]) == 0
+    assert cli([*base, "--suite", "fgsm"]) == 0
+    stored = json.loads(out.read_text())["parts"]
+    assert set(stored) == {"clean", "fgsm", "pgd"} and len(stored["fgsm"]) == 2
+    assert stored["clean"] == first["clean"]
+    # a rerun with the same settings measures nothing again, unless asked
+    capsys.readouterr()
+    import catchup_mix.robustness
+
+    monkeypatch.setattr(catchup_mix.robustness, "run_suite", lambda *a, **k: pytest.fail("measured again"))
+    assert cli([*base, "--suite", "clean,fgsm", "--eps", "2/255", "4/255"]) == 0
+    assert "kept: clean, fgsm" in capsys.readouterr().out
+
+
+def test_an_interrupted_suite_keeps_the_parts_that_finished(checkpoint, tmp_path, capsys, monkeypatch):
+    import catchup_mix.robustness
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(catchup_mix.robustness, "fgsm_accuracies", interrupted)
+    out = tmp_path / "kept.json"
+    assert cli(["evaluate", "--checkpoint", str(checkpoint), "--out", str(out), "--suite", "clean,fgsm"]) == 130
+    error = capsys.readouterr().err
+    assert "interrupted" in error and "run the same command again" in error and "Traceback" not in error
+    assert set(json.loads(out.read_text())["parts"]) == {"clean"}
+
+
+def test_an_output_folder_that_cannot_be_written_stops_before_any_work(checkpoint, tmp_path, capsys, monkeypatch):
+    import catchup_mix.evaluate
+
+    monkeypatch.setattr(catchup_mix.evaluate, "load_run", lambda *a, **k: pytest.fail("work started"))
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where a folder should be")
+    for suite in (["--suite", "clean"], []):
+        assert cli(["evaluate", "--checkpoint", str(checkpoint), "--out", str(blocked / "x.json"), *suite]) == 2
+        error = capsys.readouterr().err
+        assert error.startswith("error: cannot write to") and "--out" in error and "Traceback" not in error
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["--max-images", "5"], "--max-images does nothing in plain evaluate"),
+    (["--batch-size", "5", "--eps", "8/255"], "--batch-size, --eps do nothing in plain evaluate"),
+    (["--suite", "clean", "--ood", "noise_uniform"], "--ood is for the ood part of the suite"),
+    (["--suite", "clean,ood", "--eps", "8/255"], "--eps is for the fgsm or pgd part"),
+    (["--suite", "fgsm", "--severity", "3"], "--severity is for the corruptions part"),
+    (["--suite", "fgsm", "--eps", "8"], "outside [0, 1]"),
+    (["--suite", "fgsm", "--eps", "big"], "is not a number"),
+])
+def test_evaluate_refuses_options_that_would_do_nothing(checkpoint, capsys, arguments, message):
+    assert cli(["evaluate", "--checkpoint", str(checkpoint), *arguments]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_corrupt_says_what_it_did(tmp_path, capsys):
+    target = tmp_path / "c"
+    arguments = ["corrupt", "--dataset", "synthetic", "--num-classes", "2", "--test-per-class", "2", "--corruptions",
+                 "fog", "contrast"]
+    assert cli([*arguments, "--out", str(target)]) == 0
+    assert "wrote 2 corruptions" in capsys.readouterr().out
+    assert cli([*arguments, "--out", str(target)]) == 0
+    assert "already complete" in capsys.readouterr().out
+    (tmp_path / "file").write_text("")
+    assert cli([*arguments, "--out", str(tmp_path / "file")]) == 2
+    assert "is an existing file, not a folder" in capsys.readouterr().err
+
+
+def test_evaluate_hints_name_its_own_flags(checkpoint, tmp_path, capsys):
+    saved = torch.load(checkpoint, weights_only=True)
+    saved["config"] = {**saved["config"], "dataset": "cifar10", "data_root": str(tmp_path / "nowhere")}
+    moved = tmp_path / "moved.pt"
+    torch.save(saved, moved)
+    assert cli(["evaluate", "--checkpoint", str(moved)]) == 2
+    error = capsys.readouterr().err
+    assert "--set" not in error and "cifar10 not found" in error
 
 
 @pytest.mark.parametrize("arguments, message", [

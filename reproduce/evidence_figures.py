@@ -1,0 +1,183 @@
+"""The evidence's figures: accuracy over training, robustness against attack radius and corruption
+severity, the filter probe's statistics over the epochs, and the reliance curves. Lines are means over
+seeds, bands the min-max over seeds; the run types that answer the paper's question are drawn thicker."""
+
+from catchup_mix.robustness import eps_label
+
+from . import report
+
+HIGHLIGHT = ("vanilla", "cutmix", "catchup_mix", "catchup_mix random", "catchup_mix high")
+HOOK_NAMES = {"1": "stem", "2": "stage 1", "3": "stage 2", "4": "stage 3", "5": "stage 4"}
+
+
+def draw(settings, title, types, numbers, stored, plan, hook_points) -> list:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    done = [label for label in types if numbers.get(label)]
+    if not done:
+        return []
+    return (accuracy_curves(settings, title, done, stored) + robustness_curves(settings, title, done, numbers, plan)
+            + probe_curves(settings, title, done, stored, hook_points) + reliance_curves(settings, title, done, stored,
+                                                                                          hook_points))
+
+
+def _style(types: list[str]) -> dict:
+    import matplotlib.pyplot as plt
+
+    colours = plt.get_cmap("tab20")
+    return {label: dict(color=colours((2 * i) % 20 + (i >= 10)), lw=2.0 if label in HIGHLIGHT else 1.0,
+                        ls="-" if label in HIGHLIGHT else "--") for i, label in enumerate(types)}
+
+
+def _line(ax, xs, rows, style, label):
+    """Mean over seeds as a line with markers, min to max as a band."""
+    import numpy as np
+
+    values = np.array(rows, dtype=float)
+    ax.plot(xs, values.mean(0), marker="o", ms=3, label=f"{label} (n={len(rows)})", **style)
+    if len(rows) > 1:
+        ax.fill_between(xs, values.min(0), values.max(0), color=style["color"], alpha=0.12, lw=0)
+
+
+def _legend_below(fig, axes) -> None:
+    """One legend for the figure, in a band of its own below the panels; then lay the panels out above it."""
+    handles, labels = axes[0].get_legend_handles_labels()
+    columns = min(len(labels), 6)
+    rows = -(-len(labels) // columns)
+    band = (0.22 * rows + 0.1) / fig.get_figheight()  # inches of 7 pt legend rows, as a fraction of the height
+    fig.legend(handles, labels, loc="lower center", ncol=columns, fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, band, 1, 1))
+
+
+def accuracy_curves(settings, title, types, stored) -> list:
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5.2))
+    style = _style(types)
+    for label in types:
+        histories = [[row for row in result["history"] if "test_top1" in row] for result in stored[label].values()]
+        length = min(len(history) for history in histories)
+        epochs = [row["epoch"] for row in histories[0][:length]]
+        for ax, key in zip(axes, ("test_top1", "test_nll"), strict=True):
+            _line(ax, epochs, [[row[key] for row in history[:length]] for history in histories], style[label], label)
+    axes[0].set_ylabel("test top-1 (%)")
+    axes[1].set_ylabel("test NLL (nats per image)")
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    _legend_below(fig, axes)
+    fig.suptitle(report.wrap_title(f"{title}: accuracy during training (10,000 test images; lines: mean over "
+                                   "seeds, bands: min to max)", fig), fontsize=10)
+    return report.save_figure(settings, "evidence", fig, dpi=150, tight=False)
+
+
+def robustness_curves(settings, title, types, numbers, plan) -> list:
+    """Top-1 against the FGSM and PGD radius (0: the same images clean), and against corruption severity."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(16, 5.4))
+    style = _style(types)
+    panels = [(axes[0], "fgsm", plan["fgsm"]["eps"], "FGSM"),
+              (axes[1], "pgd", plan["pgd"]["eps"], f"PGD-{plan['pgd']['steps']} (step eps x "
+                                                    f"{plan['pgd']['step_fraction']:g})")]
+    for label in types:
+        runs = list(numbers[label].values())
+        for ax, attack, radii, _ in panels:
+            keys = [f"{attack} clean", *(f"{attack} {eps_label(e)}" for e in radii)]
+            rows = [[run[key] for key in keys] for run in runs if all(key in run for key in keys)]
+            if rows:
+                _line(ax, [0, *(255 * e for e in radii)], rows, style[label], label)
+        keys = ["corruptions clean", *(f"corruptions severity {s}" for s in plan["corruptions"]["severities"])]
+        rows = [[run[key] for key in keys] for run in runs if all(key in run for key in keys)]
+        if rows:
+            _line(axes[2], [0, *plan["corruptions"]["severities"]], rows, style[label], label)
+    for ax, attack, radii, name in panels:
+        ax.set(xlabel="radius eps (x 1/255, L-inf, pixel space; 0 = clean)", ylabel="top-1 (%)",
+               title=f"{name} on {plan[attack]['images']} test images")
+        ax.set_xticks([0, *(255 * e for e in radii)])
+    axes[2].set(xlabel="corruption severity (0 = clean)", ylabel="top-1 (%)",
+                title=f"mean over {len(plan['corruptions']['corruptions'])} corruptions, "
+                      f"{plan['corruptions']['images']} images")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    _legend_below(fig, axes)
+    fig.suptitle(report.wrap_title(f"{title}: robustness (lines: mean over seeds, bands: min to max)", fig),
+                 fontsize=10)
+    return report.save_figure(settings, "evidence_robustness", fig, dpi=140, tight=False)
+
+
+PROBE_ROWS = (("filter_gini", "Gini of the channel norms", 1), ("filter_lagging_0.5", "channels < 0.5 x mean (%)", 100),
+              ("filter_bottom_share", "weakest 10% share (%)", 100))
+
+
+def probe_curves(settings, title, types, stored, hook_points) -> list:
+    """The filter probe over the epochs: Gini, lagging under half the mean, the weakest 10%'s share."""
+    import matplotlib.pyplot as plt
+
+    probed = [label for label in types if all("filter_gini" in r["history"][0] for r in stored[label].values())]
+    if not probed:
+        return []
+    fig, axes = plt.subplots(len(PROBE_ROWS), len(hook_points), figsize=(3.4 * len(hook_points), 9.5),
+                             squeeze=False, sharex=True)
+    style = _style(types)
+    for label in probed:
+        histories = [result["history"] for result in stored[label].values()]
+        epochs = [row["epoch"] for row in histories[0]]
+        for (key, _, scale), row_axes in zip(PROBE_ROWS, axes, strict=True):
+            for ax, k in zip(row_axes, hook_points, strict=True):
+                _line(ax, epochs, [[scale * row[key][k] for row in history] for history in histories], style[label],
+                      label)
+    for (_, name, _), row_axes in zip(PROBE_ROWS, axes, strict=True):
+        row_axes[0].set_ylabel(name, fontsize=9)
+        for ax, k in zip(row_axes, hook_points, strict=True):
+            ax.grid(alpha=0.3)
+            if name == PROBE_ROWS[0][1]:
+                ax.set_title(f"k={k}: {HOOK_NAMES.get(k, k)}", fontsize=9)
+    for ax in axes[-1]:
+        ax.set_xlabel("epoch")
+    for line in axes[0][0].get_lines():
+        line.set_marker("")
+    _legend_below(fig, axes[0])
+    probe = stored[probed[0]][next(iter(stored[probed[0]]))]["summary"]["config"]["filter_probe"]
+    fig.suptitle(report.wrap_title(f"{title}: the filter probe after every epoch ({probe} fixed test images; "
+                                   "lines: mean over seeds, bands: min to max)", fig), fontsize=10)
+    return report.save_figure(settings, "evidence_probe", fig, dpi=120, tight=False)
+
+
+def reliance_curves(settings, title, types, stored, hook_points) -> list:
+    """Top-1 with the strongest, the weakest or random channels of one layer zeroed, against the fraction."""
+    import matplotlib.pyplot as plt
+
+    from .evidence import Measurement
+
+    measurement = Measurement(settings)
+    key = measurement.key("reliance")
+    modes = (("top", "strongest zeroed"), ("lowest", "weakest zeroed"), ("random", "random zeroed (mean of draws)"))
+    curves = {label: [r["measurements"]["reliance"][key]["numbers"] for r in stored[label].values()
+                      if key in r.get("measurements", {}).get("reliance", {})] for label in types}
+    curves = {label: runs for label, runs in curves.items() if runs}
+    if not curves:
+        return []
+    fig, axes = plt.subplots(len(modes), len(hook_points), figsize=(3.4 * len(hook_points), 9.5), squeeze=False,
+                             sharey="col")
+    style = _style(types)
+    for label, runs in curves.items():
+        for (mode, _), row_axes in zip(modes, axes, strict=True):
+            for ax, k in zip(row_axes, hook_points, strict=True):
+                fractions = runs[0][k]["fractions"]
+                _line(ax, [100 * f for f in fractions], [run[k][mode] for run in runs], style[label], label)
+    for (_, name), row_axes in zip(modes, axes, strict=True):
+        row_axes[0].set_ylabel(f"{name}:\ntest top-1 (%)", fontsize=9)
+        for ax, k in zip(row_axes, hook_points, strict=True):
+            ax.grid(alpha=0.3)
+            if name == modes[0][1]:
+                ax.set_title(f"k={k}: {HOOK_NAMES.get(k, k)}", fontsize=9)
+    for ax in axes[-1]:
+        ax.set_xlabel("channels zeroed at this layer (%)")
+    _legend_below(fig, axes[0])
+    images = measurement.plan["reliance"]["images"]
+    fig.suptitle(report.wrap_title(f"{title}: reliance on the strongest channels ({images} fixed test images; "
+                                   "channels ranked by mean norm; lines: mean over seeds, bands: min to max)", fig),
+                 fontsize=10)
+    return report.save_figure(settings, "evidence_reliance", fig, dpi=120, tight=False)
