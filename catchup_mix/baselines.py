@@ -389,23 +389,29 @@ class AlignMixup(Method):
     two are mixed with lam (`transport.align_features`). Labels: lam and 1 - lam.
     Defaults: alpha 2 (README commands and `cifar10_100/main.py` `--alpha`, default 2.0); Sinkhorn eps 0.1
     and max_iter 100 (`resnet18_classifier.py` line 27, `SinkhornDistance(eps=0.1, max_iter=100)`),
-    threshold 0.1 (`utils/OT.py`, `thresh = 1e-1`). The stopping test runs every
-    10 iterations instead of every iteration, to spare host-device synchronisations.
+    threshold 0.1 (`utils/OT.py` line 49, `thresh = 1e-1`), and the stopping test after every iteration
+    (`utils/OT.py` line 59, `if err.item() < thresh: break`). Each test reads the error on the CPU, a
+    host-device synchronisation per iteration on a GPU; `check_every=k` tests after every k-th iteration
+    only (k - 1 waits fewer in k), which changes the plan wherever the original would have stopped in
+    between (with k = 10, by up to 0.047 per plan entry and 0.13 in the mixed features, as measured
+    against the original's code).
     """
 
-    host_sync = "Sinkhorn's stopping test reads its error on the CPU: at most one wait per 10 iterations"
+    host_sync = "Sinkhorn's stopping test reads its error on the CPU: one wait per check_every iterations"
     alpha: float = 2.0
     eps: float = 0.1
     max_iter: int = 100
     threshold: float = 0.1
+    check_every: int = 1
 
     def __post_init__(self):
         super().__post_init__()
         if self.num_hook_points is None:
             raise ValueError("alignmixup mixes at the model's last hook point: pass "
                              "num_hook_points=model.num_hook_points")
-        if self.eps <= 0 or self.max_iter < 1:
-            raise ValueError(f"alignmixup: eps must be > 0 and max_iter >= 1, got {self.eps} and {self.max_iter}")
+        if self.eps <= 0 or self.max_iter < 1 or self.check_every < 1:
+            raise ValueError(f"alignmixup: eps must be > 0, max_iter and check_every >= 1, got {self.eps}, "
+                             f"{self.max_iter} and {self.check_every}")
 
     def mix(self, inputs, targets, generator, model):
         perm = to_device(draw_partners(inputs.shape[0], generator), inputs.device)
@@ -415,4 +421,4 @@ class AlignMixup(Method):
         if layer == 0:
             return mix_at_layer(inputs, targets, perm, lam, 0, lambda images, batch: ops.mixup(images, lam, perm))
         return mix_at_layer(inputs, targets, perm, lam, layer, lambda features, batch: transport.align_features(
-            features, lam, perm, direction, self.eps, self.max_iter, self.threshold))
+            features, lam, perm, direction, self.eps, self.max_iter, self.threshold, self.check_every))
