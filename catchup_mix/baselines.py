@@ -47,16 +47,49 @@ class SaliencyMix(Method):
     As the official code (afm-shahab-uddin/SaliencyMix `SaliencyMix_CIFAR/saliencymix.py`: `saliency_bbox`
     and the training loop, `saliency_bbox(images[rand_index[0]], lam)`), one box serves the whole batch:
     the peak of the first partner's map; `per_sample=True` centres each box on its own partner's peak.
-    Defaults: alpha 1 (`--beta 1.0`) and prob 0.5 (`--cutmix_prob 0.5`), `SaliencyMix_CIFAR/command.sh`
-    line 19 (the CIFAR-100 ResNet-18 command; `saliencymix.py` declares the probability as `--salmix_prob`
-    but reads `args.cutmix_prob`).
-    Difference: the original's saliency is OpenCV's StaticSaliencyFineGrained; OpenCV is not a dependency
-    here, and the static spectral-residual map (`saliency.spectral_residual`) stands in for it.
+    Defaults: alpha 1 and prob 0.5: `SaliencyMix_CIFAR/command.sh` line 19 (the CIFAR-100 ResNet-18
+    command, `--beta 1.0 --salmix_prob 0.5`); `saliencymix.py` declares `--beta` (default 1) at line 43
+    and `--salmix_prob` (default 0.5) at line 45.
+
+    saliency: the map whose peak centres the box.
+    - "opencv_fine_grained": the original's. OpenCV's StaticSaliencyFineGrained on each image as the
+      original's `saliency_bbox` hands it over (the normalised float32 image, channels last), then the
+      argmax of the map scaled to 0..255 and truncated to uint8 (`(saliencyMap * 255).astype("uint8")`,
+      `np.argmax`): `saliency.opencv_fine_grained`. It needs opencv-contrib (`pip install
+      'catchup-mix[saliency]'`; asked for without it, the method refuses to build and names the package)
+      and runs on the CPU (one host-device synchronisation per batch). The paper-scale plan of
+      `python -m reproduce` sets it, so a run's config and run key say which map it used.
+      Caveat, from OpenCV's source (`staticSaliencyFineGrained.cpp`): the detector expects 8-bit images;
+      given float32 it reads the bytes of the float buffer as 8-bit pixels (`gray.at<uchar>`), so the
+      map follows the floats' bit patterns more than the picture. Changing 20 pixels by one unit in the
+      last place moves the peak across the image, and normalising with CIFAR-100's constants instead of
+      the CIFAR-10 ones the original uses for both datasets (`saliencymix.py` lines 65-66) keeps the peak
+      in 3 of 1,000 CIFAR-10 test images. This option runs the same procedure; it cannot give the
+      original's peak pixel for pixel, since our inputs are normalised with the dataset's own constants.
+    - "spectral_residual" (the default, dependency-free): `saliency.spectral_residual`, on the device.
+      On 1,000 CIFAR-10 test images normalised as the original, its peak lies 16.5 px from the original's
+      on average (two uniformly random pixels of 32 x 32: 16.7 px) and the boxes overlap with IoU 0.23 (a
+      uniformly random centre: 0.22); it centres its peaks, where 41% of the original's lie in the top
+      quarter of the image (README, "The saliency and transport baselines").
     """
 
     alpha: float = 1.0
     prob: float = 0.5
     per_sample: bool = False
+    saliency: str = "spectral_residual"
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.saliency not in SALIENCYMIX_MAPS:
+            raise ValueError(f"saliencymix: unknown saliency {self.saliency!r}; use one of {', '.join(SALIENCYMIX_MAPS)}")
+        self.host_sync = None
+        if self.saliency == "opencv_fine_grained":
+            try:
+                saliency.opencv_saliency_module()
+            except ImportError as error:
+                raise ValueError(f"saliencymix: saliency='opencv_fine_grained': {error}; or use "
+                                 "saliency='spectral_residual'") from None
+            self.host_sync = "OpenCV's saliency runs on the CPU: one wait per batch"
 
     def mix(self, inputs, targets, generator, model):
         batch, _, height, width = inputs.shape
@@ -64,7 +97,7 @@ class SaliencyMix(Method):
         cut = math.sqrt(1.0 - draw_beta(self.alpha, generator))
         half_h, half_w = int(height * cut) // 2, int(width * cut) // 2
         partners = inputs[perm]
-        peak = saliency.spectral_residual(partners if self.per_sample else partners[:1]).flatten(1).argmax(1)
+        peak = SALIENCYMIX_MAPS[self.saliency](partners if self.per_sample else partners[:1]).flatten(1).argmax(1)
         top, bottom = (peak // width - half_h).clamp(0, height), (peak // width + half_h).clamp(0, height)
         left, right = (peak % width - half_w).clamp(0, width), (peak % width + half_w).clamp(0, width)
         rows = torch.arange(height, device=inputs.device)
@@ -74,6 +107,14 @@ class SaliencyMix(Method):
         lam = 1.0 - ((bottom - top) * (right - left)).float() / (height * width)
         return MixedBatch(torch.where(box[:, None], partners, inputs), targets, targets[perm],
                           lam.expand(batch), layer=0)
+
+
+# SaliencyMix's maps, each (B, C, H, W) -> (B, H, W), whose argmax (first maximum) is the box's centre
+SALIENCYMIX_MAPS = {
+    "spectral_residual": saliency.spectral_residual,
+    # the original's uint8 map, `(saliencyMap * 255).astype("uint8")`: flooring in float32 gives its ties
+    "opencv_fine_grained": lambda images: (saliency.opencv_fine_grained(images) * 255).floor(),
+}
 
 
 @register("puzzlemix")
