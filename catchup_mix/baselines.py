@@ -264,9 +264,14 @@ class CoMixup(Method):
 
     Defaults: the README's CIFAR-100 and Tiny-ImageNet commands (`--m_part 20 --m_block_num 4
     --mixup_alpha 2.0 --m_beta 0.32 --m_gamma 1.0 --m_thres 0.83 --m_eta 0.05 --m_omega 0.001`), the same
-    as `main.py`'s defaults (lines 95-133, `--m_block_num` to `--m_niter`), with `--m_niter 4`,
+    as `main.py`'s defaults (snu-mllab/Co-Mixup `main.py` at commit d8d1646, lines 86-112: `--m_block_num`
+    86, `--m_part` 90, `--m_beta` 91, `--m_gamma` 92, `--m_thres` 93, `--m_thres_type` 97, `--m_eta` 102,
+    `--mixup_alpha` 103, `--m_omega` 107, `--set_resolve` 108, `--m_niter` 112), with `--m_niter 4`,
     `--m_thres_type hard` and `--set_resolve True`; the 8 x 8 peak window and the l1 distance of A: `main.py`
     `train()`, `F.avg_pool2d(sc, kernel_size=8, stride=1)` and `distance(z_idx_2d, dist_type='l1')`.
+    threshold_penalty: the hard threshold's modular penalty, "original" (default: what the original's
+    `match.py` computes, lines 224-227, through operator precedence: ((A c > tau) * A) c) or "paper" (the
+    per-input [(A c)_i > tau] (A c)_i); see `graphcut.comixup_masks`.
     Left out: `clean_lam` (the README's commands set 1.0: the clean batch's loss, weighted
     2 clean_lam / num_classes, is added to the training loss; not offered here), `--m_thres_type soft`
     and a random block_num (-1). Differences: see `graphcut.comixup_masks` (exact expansion moves, the
@@ -286,6 +291,7 @@ class CoMixup(Method):
     omega: float = 0.001
     n_iter: int = 4
     set_resolve: bool = True
+    threshold_penalty: str = "original"
 
     def __post_init__(self):
         super().__post_init__()
@@ -295,6 +301,9 @@ class CoMixup(Method):
             raise ValueError(f"comixup: part must be >= 2 and n_iter >= 1, got {self.part} and {self.n_iter}")
         if min(self.beta, self.gamma, self.eta) < 0 or not 0 <= self.omega <= 1:
             raise ValueError("comixup: beta, gamma and eta must be >= 0 and omega in [0, 1]")
+        if self.threshold_penalty not in graphcut.THRESHOLD_PENALTIES:
+            raise ValueError(f"comixup: unknown threshold_penalty {self.threshold_penalty!r}; use one of "
+                             f"{', '.join(graphcut.THRESHOLD_PENALTIES)}")
 
     def mix(self, inputs, targets, generator, model):
         batch, _, height, width = inputs.shape
@@ -319,7 +328,7 @@ class CoMixup(Method):
         init = (uniform * valid.sum(1).view(-1, 1, 1, 1)).long().numpy()
         mask = graphcut.comixup_masks(cost, compatibility.numpy(), valid.numpy(), init, beta=self.beta,
                                       gamma=self.gamma, threshold=self.threshold, n_iter=self.n_iter,
-                                      set_resolve=self.set_resolve)
+                                      set_resolve=self.set_resolve, threshold_penalty=self.threshold_penalty)
         mask = torch.from_numpy(mask).to(inputs.device, inputs.dtype, non_blocking=True)  # (P, o, g, g, i)
         index = to_device(index, inputs.device)
         pixels = F.interpolate(mask.permute(0, 1, 4, 2, 3).flatten(0, 1), size=(height, width), mode="nearest")
