@@ -101,8 +101,10 @@ def opencv_fine_grained(images: torch.Tensor) -> torch.Tensor:
     Each image is handed to OpenCV as SaliencyMix's `saliency_bbox` prepares it
     (afm-shahab-uddin/SaliencyMix `SaliencyMix_CIFAR/saliencymix.py`: `img.cpu().numpy().transpose(1, 2, 0)`):
     the float32 image as the training loop has it (normalised), channels last, in the tensor's channel
-    order (which OpenCV reads as BGR, as there). images: (B, C, H, W). Returns (B, H, W) float32 in [0, 1]
-    on the images' device. Runs on the CPU, image by image: one host-device synchronisation per call.
+    order (which OpenCV reads as BGR, as there). OpenCV's detector is meant for 8-bit images: on float32
+    it reads the float buffer's bytes as pixels, so the map follows the exact float values (see
+    `baselines.SaliencyMix`). images: (B, C, H, W). Returns (B, H, W) float32 in [0, 1] on the images'
+    device. Runs on the CPU, image by image: one host-device synchronisation per call.
     """
     module = opencv_saliency_module()
     detector = module.StaticSaliencyFineGrained_create()
