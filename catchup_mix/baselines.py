@@ -10,8 +10,8 @@ Defaults follow each official repository; every class docstring says where each 
 `catchup_mix/__init__.py` imports this module, so the methods are registered whenever
 `catchup_mix.methods` is imported. PuzzleMix and Co-Mixup need the model (`needs_model = True`): their
 saliency is an input gradient of the network being trained (`saliency.input_gradient`). Where a method
-needs the CPU (the graph cuts: scipy max flow, Co-Mixup's labelling), its docstring says so; everything
-else runs on the inputs' device without host-device synchronisation.
+needs the CPU (the graph cuts: scipy max flow, Co-Mixup's labelling; SaliencyMix's OpenCV saliency), its
+docstring says so; everything else runs on the inputs' device without host-device synchronisation.
 """
 
 import math
@@ -47,16 +47,49 @@ class SaliencyMix(Method):
     As the official code (afm-shahab-uddin/SaliencyMix `SaliencyMix_CIFAR/saliencymix.py`: `saliency_bbox`
     and the training loop, `saliency_bbox(images[rand_index[0]], lam)`), one box serves the whole batch:
     the peak of the first partner's map; `per_sample=True` centres each box on its own partner's peak.
-    Defaults: alpha 1 (`--beta 1.0`) and prob 0.5 (`--cutmix_prob 0.5`), `SaliencyMix_CIFAR/command.sh`
-    line 19 (the CIFAR-100 ResNet-18 command; `saliencymix.py` declares the probability as `--salmix_prob`
-    but reads `args.cutmix_prob`).
-    Difference: the original's saliency is OpenCV's StaticSaliencyFineGrained; OpenCV is not a dependency
-    here, and the static spectral-residual map (`saliency.spectral_residual`) stands in for it.
+    Defaults: alpha 1 and prob 0.5: `SaliencyMix_CIFAR/command.sh` line 19 (the CIFAR-100 ResNet-18
+    command, `--beta 1.0 --salmix_prob 0.5`); `saliencymix.py` (at 9ee02b8) declares `--beta` (default 1)
+    at line 43 and `--salmix_prob` (default 0.5) at line 45.
+
+    saliency: the map whose peak centres the box.
+    - "opencv_fine_grained": the original's. OpenCV's StaticSaliencyFineGrained on each image as the
+      original's `saliency_bbox` hands it over (the normalised float32 image, channels last), then the
+      argmax of the map scaled to 0..255 and truncated to uint8 (`(saliencyMap * 255).astype("uint8")`,
+      `np.argmax`): `saliency.opencv_fine_grained`. It needs opencv-contrib (`pip install
+      'catchup-mix[saliency]'`; asked for without it, the method refuses to build and names the package)
+      and runs on the CPU (one host-device synchronisation per batch). The paper-scale plan of
+      `python -m reproduce` sets it, so a run's config and run key say which map it used.
+      Caveat, from OpenCV's source (`staticSaliencyFineGrained.cpp`): the detector expects 8-bit images;
+      given float32 it reads the bytes of the float buffer as 8-bit pixels (`gray.at<uchar>`), so the
+      map follows the floats' bit patterns more than the picture. Changing 20 pixels by one unit in the
+      last place moves the peak across the image, and normalising with CIFAR-100's constants instead of
+      the CIFAR-10 ones the original uses for both datasets (`saliencymix.py` lines 65-66) keeps the peak
+      in 3 of 1,000 CIFAR-10 test images. This option runs the same procedure; it cannot give the
+      original's peak pixel for pixel, since our inputs are normalised with the dataset's own constants.
+    - "spectral_residual" (the default, dependency-free): `saliency.spectral_residual`, on the device.
+      On 1,000 CIFAR-10 test images normalised as the original, its peak lies 16.5 px from the original's
+      on average (two uniformly random pixels of 32 x 32: 16.7 px) and the boxes overlap with IoU 0.23 (a
+      uniformly random centre: 0.22); it centres its peaks, where 41% of the original's lie in the top
+      quarter of the image (README, "The saliency and transport baselines").
     """
 
     alpha: float = 1.0
     prob: float = 0.5
     per_sample: bool = False
+    saliency: str = "spectral_residual"
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.saliency not in SALIENCYMIX_MAPS:
+            raise ValueError(f"saliencymix: unknown saliency {self.saliency!r}; use one of {', '.join(SALIENCYMIX_MAPS)}")
+        self.host_sync = None
+        if self.saliency == "opencv_fine_grained":
+            try:
+                saliency.opencv_saliency_module()
+            except ImportError as error:
+                raise ValueError(f"saliencymix: saliency='opencv_fine_grained': {error}; or use "
+                                 "saliency='spectral_residual'") from None
+            self.host_sync = "OpenCV's saliency runs on the CPU: one wait per batch"
 
     def mix(self, inputs, targets, generator, model):
         batch, _, height, width = inputs.shape
@@ -64,7 +97,7 @@ class SaliencyMix(Method):
         cut = math.sqrt(1.0 - draw_beta(self.alpha, generator))
         half_h, half_w = int(height * cut) // 2, int(width * cut) // 2
         partners = inputs[perm]
-        peak = saliency.spectral_residual(partners if self.per_sample else partners[:1]).flatten(1).argmax(1)
+        peak = SALIENCYMIX_MAPS[self.saliency](partners if self.per_sample else partners[:1]).flatten(1).argmax(1)
         top, bottom = (peak // width - half_h).clamp(0, height), (peak // width + half_h).clamp(0, height)
         left, right = (peak % width - half_w).clamp(0, width), (peak % width + half_w).clamp(0, width)
         rows = torch.arange(height, device=inputs.device)
@@ -74,6 +107,14 @@ class SaliencyMix(Method):
         lam = 1.0 - ((bottom - top) * (right - left)).float() / (height * width)
         return MixedBatch(torch.where(box[:, None], partners, inputs), targets, targets[perm],
                           lam.expand(batch), layer=0)
+
+
+# SaliencyMix's maps, each (B, C, H, W) -> (B, H, W), whose argmax (first maximum) is the box's centre
+SALIENCYMIX_MAPS = {
+    "spectral_residual": saliency.spectral_residual,
+    # the original's uint8 map, `(saliencyMap * 255).astype("uint8")`: flooring in float32 gives its ties
+    "opencv_fine_grained": lambda images: (saliency.opencv_fine_grained(images) * 255).floor(),
+}
 
 
 @register("puzzlemix")
@@ -223,9 +264,14 @@ class CoMixup(Method):
 
     Defaults: the README's CIFAR-100 and Tiny-ImageNet commands (`--m_part 20 --m_block_num 4
     --mixup_alpha 2.0 --m_beta 0.32 --m_gamma 1.0 --m_thres 0.83 --m_eta 0.05 --m_omega 0.001`), the same
-    as `main.py`'s defaults (lines 95-133, `--m_block_num` to `--m_niter`), with `--m_niter 4`,
+    as `main.py`'s defaults (snu-mllab/Co-Mixup `main.py` at commit d8d1646, lines 86-112: `--m_block_num`
+    86, `--m_part` 90, `--m_beta` 91, `--m_gamma` 92, `--m_thres` 93, `--m_thres_type` 97, `--m_eta` 102,
+    `--mixup_alpha` 103, `--m_omega` 107, `--set_resolve` 108, `--m_niter` 112), with `--m_niter 4`,
     `--m_thres_type hard` and `--set_resolve True`; the 8 x 8 peak window and the l1 distance of A: `main.py`
     `train()`, `F.avg_pool2d(sc, kernel_size=8, stride=1)` and `distance(z_idx_2d, dist_type='l1')`.
+    threshold_penalty: the hard threshold's modular penalty, "original" (default: what the original's
+    `match.py` computes, lines 224-227, through operator precedence: ((A c > tau) * A) c) or "paper" (the
+    per-input [(A c)_i > tau] (A c)_i); see `graphcut.comixup_masks`.
     Left out: `clean_lam` (the README's commands set 1.0: the clean batch's loss, weighted
     2 clean_lam / num_classes, is added to the training loss; not offered here), `--m_thres_type soft`
     and a random block_num (-1). Differences: see `graphcut.comixup_masks` (exact expansion moves, the
@@ -245,6 +291,7 @@ class CoMixup(Method):
     omega: float = 0.001
     n_iter: int = 4
     set_resolve: bool = True
+    threshold_penalty: str = "original"
 
     def __post_init__(self):
         super().__post_init__()
@@ -254,6 +301,9 @@ class CoMixup(Method):
             raise ValueError(f"comixup: part must be >= 2 and n_iter >= 1, got {self.part} and {self.n_iter}")
         if min(self.beta, self.gamma, self.eta) < 0 or not 0 <= self.omega <= 1:
             raise ValueError("comixup: beta, gamma and eta must be >= 0 and omega in [0, 1]")
+        if self.threshold_penalty not in graphcut.THRESHOLD_PENALTIES:
+            raise ValueError(f"comixup: unknown threshold_penalty {self.threshold_penalty!r}; use one of "
+                             f"{', '.join(graphcut.THRESHOLD_PENALTIES)}")
 
     def mix(self, inputs, targets, generator, model):
         batch, _, height, width = inputs.shape
@@ -278,7 +328,7 @@ class CoMixup(Method):
         init = (uniform * valid.sum(1).view(-1, 1, 1, 1)).long().numpy()
         mask = graphcut.comixup_masks(cost, compatibility.numpy(), valid.numpy(), init, beta=self.beta,
                                       gamma=self.gamma, threshold=self.threshold, n_iter=self.n_iter,
-                                      set_resolve=self.set_resolve)
+                                      set_resolve=self.set_resolve, threshold_penalty=self.threshold_penalty)
         mask = torch.from_numpy(mask).to(inputs.device, inputs.dtype, non_blocking=True)  # (P, o, g, g, i)
         index = to_device(index, inputs.device)
         pixels = F.interpolate(mask.permute(0, 1, 4, 2, 3).flatten(0, 1), size=(height, width), mode="nearest")
@@ -389,23 +439,30 @@ class AlignMixup(Method):
     two are mixed with lam (`transport.align_features`). Labels: lam and 1 - lam.
     Defaults: alpha 2 (README commands and `cifar10_100/main.py` `--alpha`, default 2.0); Sinkhorn eps 0.1
     and max_iter 100 (`resnet18_classifier.py` line 27, `SinkhornDistance(eps=0.1, max_iter=100)`),
-    threshold 0.1 (`utils/OT.py`, `thresh = 1e-1`). The stopping test runs every
-    10 iterations instead of every iteration, to spare host-device synchronisations.
+    threshold 0.1 (`utils/OT.py` line 49, `thresh = 1e-1`), and the stopping test after every iteration
+    (`utils/OT.py` line 59, `if err.item() < thresh: break`). Each test reads the error on the CPU, a
+    host-device synchronisation per iteration on a GPU; `check_every=k` tests after every k-th iteration
+    only (k - 1 waits fewer in k), which changes the plan wherever the original would have stopped in
+    between: with k = 10, by up to 0.045 per plan entry against the original's code on last-stage
+    ResNet features, where the default agrees with it to 2e-6 (README, "The saliency and transport
+    baselines").
     """
 
-    host_sync = "Sinkhorn's stopping test reads its error on the CPU: at most one wait per 10 iterations"
+    host_sync = "Sinkhorn's stopping test reads its error on the CPU: one wait per check_every iterations"
     alpha: float = 2.0
     eps: float = 0.1
     max_iter: int = 100
     threshold: float = 0.1
+    check_every: int = 1
 
     def __post_init__(self):
         super().__post_init__()
         if self.num_hook_points is None:
             raise ValueError("alignmixup mixes at the model's last hook point: pass "
                              "num_hook_points=model.num_hook_points")
-        if self.eps <= 0 or self.max_iter < 1:
-            raise ValueError(f"alignmixup: eps must be > 0 and max_iter >= 1, got {self.eps} and {self.max_iter}")
+        if self.eps <= 0 or self.max_iter < 1 or self.check_every < 1:
+            raise ValueError(f"alignmixup: eps must be > 0, max_iter and check_every >= 1, got {self.eps}, "
+                             f"{self.max_iter} and {self.check_every}")
 
     def mix(self, inputs, targets, generator, model):
         perm = to_device(draw_partners(inputs.shape[0], generator), inputs.device)
@@ -415,4 +472,4 @@ class AlignMixup(Method):
         if layer == 0:
             return mix_at_layer(inputs, targets, perm, lam, 0, lambda images, batch: ops.mixup(images, lam, perm))
         return mix_at_layer(inputs, targets, perm, lam, layer, lambda features, batch: transport.align_features(
-            features, lam, perm, direction, self.eps, self.max_iter, self.threshold))
+            features, lam, perm, direction, self.eps, self.max_iter, self.threshold, self.check_every))

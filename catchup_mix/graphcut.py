@@ -174,81 +174,126 @@ def expansion_moves(unary, pairwise, labels):
     transition between rows costs the vertical pairs. Returns (energy (N, K) of the best move for each a,
     switch (N, K, H, W) bool: the cells that take a).
     """
-    n, k, h, w = unary.shape
+    n, k = unary.shape[:2]
+    grid, label = np.repeat(np.arange(n), k), np.tile(np.arange(k), n)
+    energy, switch = _best_moves(unary, pairwise, labels, grid, label)
+    return energy.reshape(n, k), switch.reshape(n, k, *switch.shape[1:])
+
+
+def _best_moves(unary, pairwise, labels, grid, label):
+    """`expansion_moves` for the M moves (grid[m], label[m]) only: (energy (M,), switch (M, H, W) bool)."""
+    h, w = unary.shape[2:]
     if w > 6:
         raise ValueError(f"the exact move solver enumerates the 2^{w} states of a grid row; grids at most 6 "
                          "cells wide are supported (Co-Mixup's block_num <= 6; its CIFAR and Tiny-ImageNet "
                          "commands use 4)")
     states = 2**w
     bits = ((np.arange(states)[:, None] >> np.arange(w)) & 1).astype(unary.dtype)  # (S, W): cell c switches
-    keep = np.take_along_axis(unary, labels[:, None], 1)  # (N, 1, H, W)
-    row_cost = keep.sum(-1)[..., None] + (unary - keep) @ bits.T  # (N, K, H, S)
+    current = labels[grid]  # (M, H, W)
+    keep = np.take_along_axis(unary, labels[:, None], 1)[:, 0][grid]  # (M, H, W): cost of the current labels
+    row_cost = keep.sum(-1)[..., None] + _times(unary[grid, label] - keep, bits.T)  # (M, H, S)
 
     # A pair p, q costs V(l_p, l_q), V(l_p, a), V(a, l_q) or V(a, a) = 0 for switch bits (b_p, b_q), that is
     # kk + (ak - kk) b_p + (ka - kk) b_q + (kk - ka - ak) b_p b_q.
-    batch = np.arange(n)[:, None, None]
-    to_every = np.moveaxis(pairwise[batch, labels], -1, 1)  # (N, K, H, W): V(l_p, a)
+    move = np.arange(len(grid))[:, None, None]
+    to_label = pairwise[grid[:, None, None], current, label[:, None, None]]  # (M, H, W): V(l_p, a)
+    table = pairwise[grid]  # (M, K, K)
 
     def pair_terms(first, second, first_to, second_to):
-        both_keep = pairwise[batch, first, second][:, None]
+        both_keep = table[move, first, second]
         return both_keep, second_to - both_keep, first_to - both_keep, both_keep - first_to - second_to
 
     if w > 1:
-        const, lone_p, lone_q, joint = pair_terms(labels[:, :, :-1], labels[:, :, 1:], to_every[..., :-1],
-                                                  to_every[..., 1:])
+        const, lone_p, lone_q, joint = pair_terms(current[:, :, :-1], current[:, :, 1:], to_label[..., :-1],
+                                                  to_label[..., 1:])
         basis = np.concatenate([bits[:, :-1], bits[:, 1:], bits[:, :-1] * bits[:, 1:]], axis=1)
-        row_cost = row_cost + const.sum(-1)[..., None] + np.concatenate([lone_p, lone_q, joint], -1) @ basis.T
-    total = row_cost[:, :, 0]
+        row_cost += const.sum(-1)[..., None] + _times(np.concatenate([lone_p, lone_q, joint], -1), basis.T)
+    total = row_cost[:, 0]
     back = []
     if h > 1:
-        const, lone_above, lone_below, joint = pair_terms(labels[:, :-1], labels[:, 1:], to_every[:, :, :-1],
-                                                          to_every[:, :, 1:])
-        below = const.sum(-1)[..., None] + lone_below @ bits.T  # (N, K, H-1, S)
-        above = lone_above @ bits.T
-        pair_joint = (joint[..., None, :] * bits) @ bits.T  # (N, K, H-1, S_below, S_above), symmetric in s
+        const, lone_above, lone_below, joint = pair_terms(current[:, :-1], current[:, 1:], to_label[:, :-1],
+                                                          to_label[:, 1:])
+        below = const.sum(-1)[..., None] + _times(lone_below, bits.T)  # (M, H-1, S)
+        above = _times(lone_above, bits.T)
+        both = (bits[:, None, :] * bits[None, :, :]).reshape(states * states, w)  # both rows switch cell c
+        pair_joint = _times(joint, both.T).reshape(*joint.shape[:2], states, states)  # (M, H-1, S_below, S_above)
+        rows = np.arange(len(grid) * states)
         for row in range(1, h):
-            candidates = (total + above[:, :, row - 1])[..., None, :] + pair_joint[:, :, row - 1]
-            back.append(candidates.argmin(-1))
-            total = candidates.min(-1) + row_cost[:, :, row] + below[:, :, row - 1]
+            candidates = (total + above[:, row - 1])[:, None, :] + pair_joint[:, row - 1]
+            best = candidates.argmin(-1)  # (M, S_below); then a gather, much faster than numpy's min over 2^W
+            back.append(best)
+            lowest = candidates.reshape(-1, states)[rows, best.ravel()].reshape(best.shape)
+            total = lowest + row_cost[:, row] + below[:, row - 1]
+    moves = np.arange(len(grid))
     state = total.argmin(-1)
-    energy = total.min(-1)
+    energy = total[moves, state]
     chosen = [state]
     for argmin in reversed(back):
-        state = np.take_along_axis(argmin, state[..., None], -1)[..., 0]
+        state = argmin[moves, state]
         chosen.append(state)
     return energy, bits[np.stack(chosen[::-1], axis=-1)].astype(bool)
+
+
+def _times(x, matrix):
+    """x (..., D) @ matrix (D, E) as one matrix product (numpy would loop over x's leading axes)."""
+    return (x.reshape(-1, x.shape[-1]) @ matrix).reshape(*x.shape[:-1], matrix.shape[-1])
 
 
 def expansion_labels(unary, pairwise, labels=None, tolerance: float = 1e-12) -> np.ndarray:
     """A labelling that no single expansion move improves (the local minima alpha-expansion reaches).
 
     Starts from `labels` (default: each cell's cheapest label), then repeatedly applies, per grid, the best
-    of all expansion moves (`expansion_moves`, evaluated for every label at once) while it lowers the
-    energy. Every step is exact, so the energy only falls; gco's alpha-beta swap in the original stops at
-    a swap-local minimum.
+    of all expansion moves (`expansion_moves`) while it lowers the energy. Every step is exact, so the energy
+    only falls; gco's alpha-beta swap in the original stops at a swap-local minimum. pairwise must be >= 0:
+    then a move to label a costs at least sum_p min(unary[current label], unary[a]), and the moves that
+    bound rules out (most of them, in Co-Mixup) are not evaluated; the result is the same as evaluating all.
     """
+    if (np.asarray(pairwise) < 0).any():
+        raise ValueError("expansion_labels: pairwise costs must be >= 0")
     n, k = unary.shape[:2]
+    grids = np.arange(n)
     labels = unary.argmin(1) if labels is None else labels
     energy = labelling_energy(unary, pairwise, labels)
     for _ in range(2 * k):
-        move_energy, switch = expansion_moves(unary, pairwise, labels)
-        best = move_energy.argmin(1)
-        best_energy = move_energy[np.arange(n), best]
-        better = best_energy < energy - tolerance * np.maximum(np.abs(energy), 1.0)
+        target = energy - tolerance * np.maximum(np.abs(energy), 1.0)  # what a move must beat to be taken
+        bound = np.minimum(unary, np.take_along_axis(unary, labels[:, None], 1)).sum((2, 3))  # (N, K)
+        grid, label = np.nonzero(bound < target[:, None])
+        if not grid.size:
+            break
+        move_energy, switch = _best_moves(unary, pairwise, labels, grid, label)
+        energies = np.full((n, k), np.inf)
+        energies[grid, label] = move_energy
+        best = energies.argmin(1)
+        better = energies[grids, best] < target
         if not better.any():
             break
-        take = switch[np.arange(n), best] & better[:, None, None]
+        index = np.zeros((n, k), np.int64)
+        index[grid, label] = np.arange(len(grid))
+        take = switch[index[grids, best]] & better[:, None, None]
         labels = np.where(take, best[:, None, None], labels)
-        energy = np.where(better, best_energy, energy)
+        energy = np.where(better, energies[grids, best], energy)
     return labels
 
 
 MIXED_PAIRS = ((0, 1), (0, 2), (1, 2))  # the extra labels of an output with >= 2 inputs: halves of two of its top 3
 
 
+THRESHOLD_PENALTIES = ("original", "paper")
+
+
+def diversity_penalty(compatibility, others, threshold: float, form: str = "original") -> np.ndarray:
+    """Co-Mixup's hard-thresholded diversity penalty per input, p (P, n), from A (P, n, n) and the other
+    outputs' label counts c (P, n): "original", ((A c > tau) * A) c as the original's `match.py` computes it
+    (lines 224-227); "paper", the per-input [(A c)_i > tau] (A c)_i. See `comixup_masks`."""
+    spread = np.einsum("pij,pj->pi", compatibility, others)  # A c
+    if form == "original":  # the indicator of each input j scales A's column j, then the product with c
+        return np.einsum("pij,pj->pi", compatibility, (spread > threshold) * others)
+    return np.where(spread > threshold, spread, 0.0)
+
+
 def comixup_masks(cost, compatibility, valid, init, beta: float = 0.32, gamma: float = 1.0,
                   threshold: float = 0.83, n_iter: int = 4, set_resolve: bool = True,
-                  mix_bonus: float = 5e-4) -> np.ndarray:
+                  mix_bonus: float = 5e-4, threshold_penalty: str = "original") -> np.ndarray:
     """Co-Mixup's mask for each partition of a batch (snu-mllab/Co-Mixup `match.py`, `get_onehot_matrix`).
 
     cost: (P, n, H, W) per input and cell: minus the normalised saliency plus the prior; compatibility:
@@ -259,10 +304,19 @@ def comixup_masks(cost, compatibility, valid, init, beta: float = 0.32, gamma: f
     each cell of each output (0, 1/2 or 1).
 
     Block-coordinate descent, as the original: each output in turn gets a labelling that lowers the
-    objective with the others fixed (exactly its minimiser when the inner search finds the optimum), where the diversity term is made modular by the threshold: an input
-    that the other outputs already show on more than `threshold` of a grid (through A) costs
-    2 gamma (A c)_i per cell. From the second iteration on, an output that shows 2 or more inputs may also
-    give a cell to half of two of its top-3 inputs (cost: the mean of theirs minus `mix_bonus`). After
+    objective with the others fixed (exactly its minimiser when the inner search finds the optimum), where
+    the diversity term is made modular by the hard threshold. With c the other outputs' label counts and
+    tau = threshold * cells, showing input i costs 2 gamma p_i per cell, where p depends on
+    `threshold_penalty`:
+    - "original" (default): p = ((A c > tau) * A) c, that is p_i = sum_j A_ij [(A c)_j > tau] c_j, what the
+      original computes (`match.py` lines 224-227, `(A @ penalty.squeeze() > thres).float() * A @
+      penalty.squeeze()`: `*` and `@` bind equally and from the left, so the indicator multiplies A's
+      columns before the product with c). It produced the published numbers.
+    - "paper": p_i = [(A c)_i > tau] (A c)_i, the per-input product the paper's thresholded penalty means.
+    They differ only through A's off-diagonal entries (omega D): there the original charges an input below
+    the threshold for the counts of the inputs above it, and an input above it only for those.
+    From the second iteration on, an output that shows 2 or more inputs may also give a cell to half of
+    two of its top-3 inputs (cost: the mean of theirs minus `mix_bonus`). After
     iteration n_iter - 2, outputs with the same input set are pushed apart (`set_resolve`). A partition
     stops when its objective changes by less than 1e-6 relative.
     Differences from the original: the pairwise cost of two labels is half the squared distance of their
@@ -270,6 +324,8 @@ def comixup_masks(cost, compatibility, valid, init, beta: float = 0.32, gamma: f
     0.75 or 0.25 between two half-labels), and each output's labelling is an expansion-move local minimum
     found with exact moves (`expansion_labels`) instead of gco's swap moves.
     """
+    if threshold_penalty not in THRESHOLD_PENALTIES:
+        raise ValueError(f"unknown threshold_penalty {threshold_penalty!r}; use one of {', '.join(THRESHOLD_PENALTIES)}")
     cost = np.asarray(cost, np.float64)
     compatibility, valid, init = np.asarray(compatibility, np.float64), np.asarray(valid, bool), np.asarray(init)
     parts, n, h, w = cost.shape
@@ -287,8 +343,7 @@ def comixup_masks(cost, compatibility, valid, init, beta: float = 0.32, gamma: f
     for iteration in range(n_iter):
         for output in range(n):
             own = counts[:, output]
-            spread = np.einsum("pij,pj->pi", compatibility, counts.sum(1) - own)
-            penalty = 2 * gamma * np.where(spread > threshold, spread, 0.0)
+            penalty = 2 * gamma * diversity_penalty(compatibility, counts.sum(1) - own, threshold, threshold_penalty)
             unary = cost + (penalty + gamma * add_cost[:, output])[:, :, None, None]
 
             # half-labels: pairs of the output's top-3 inputs (in index order), from the second iteration on
@@ -303,11 +358,16 @@ def comixup_masks(cost, compatibility, valid, init, beta: float = 0.32, gamma: f
                 usable = (own[batch, first] > 0) & (own[batch, second] > 0) & (iteration > 0)
                 half = (unary[batch, first] + unary[batch, second]) / 2 - mix_bonus
                 half_unary[:, slot] = np.where(usable[:, None, None], half, big)
-            pairwise = beta * ((label_masks[:, :, None] - label_masks[:, None]) ** 2).sum(-1) / 2
+            # squared distances of the labels' mask vectors from their dot products (exact: entries 0, 1/2, 1)
+            dots = label_masks @ label_masks.transpose(0, 2, 1)  # (P, K, K)
+            norms = np.diagonal(dots, axis1=1, axis2=2)
+            pairwise = beta * (norms[:, :, None] + norms[:, None] - 2 * dots) / 2
             unary = np.concatenate([unary, half_unary], axis=1)
             # after the random first pass, start from the output's current labelling (where a label expresses
             # it), so that no update raises the objective; other cells start at their cheapest label
-            same = (mask[:, output, :, :, None] == label_masks[:, None, None]).all(-1)  # (P, H, W, K)
+            cell_dots = np.einsum("phwi,pki->phwk", mask[:, output], label_masks)
+            cell_norms = (mask[:, output] ** 2).sum(-1)
+            same = cell_norms[..., None] + norms[:, None, None] - 2 * cell_dots == 0  # (P, H, W, K)
             same &= (np.moveaxis(unary, 1, -1) < big) & (iteration > 0)
             labels = np.where(same.any(-1), same.argmax(-1), unary.argmin(1))
             labels = expansion_labels(unary, pairwise, labels)

@@ -1,7 +1,10 @@
-"""Saliency maps for the saliency-guided baselines: (B, H, W), on the images' device, no host sync.
+"""Saliency maps for the saliency-guided baselines: (B, H, W), on the images' device.
 
 - `spectral_residual`: a static, model-free map (Hou & Zhang, CVPR 2007) as GuidedMixup computes it
-  (3neutronstar/GuidedMixup `spectral_residual.py`); SaliencyMix and GuidedMixup use it.
+  (3neutronstar/GuidedMixup `spectral_residual.py`); GuidedMixup uses it, and SaliencyMix by default.
+- `opencv_fine_grained`: OpenCV's fine-grained static saliency (Montabone & Soto, 2010), the map the
+  SaliencyMix original uses; it needs opencv-contrib (`pip install 'catchup-mix[saliency]'`) and runs on
+  the CPU, one image at a time (one host-device synchronisation per call).
 - `input_gradient`: the norm over channels of the gradient of the loss with respect to the input pixels,
   as PuzzleMix and Co-Mixup compute it (snu-mllab/PuzzleMix `main.py`, `unary = sqrt(mean(grad^2, 1))`):
   one extra forward and backward of the network being trained.
@@ -73,3 +76,43 @@ def spectral_residual(images: torch.Tensor, blur_size: int = 7, blur_sigma: floa
     if height > max_side:
         saliency = TF.resize(saliency, [height, width], antialias=True)
     return saliency.squeeze(1)
+
+
+OPENCV_HINT = ("needs OpenCV's contrib modules (cv2.saliency): pip install 'catchup-mix[saliency]', which installs "
+               "opencv-contrib-python-headless (uninstall any other opencv-python* package first: they share the "
+               "cv2 module)")
+
+
+def opencv_saliency_module():
+    """`cv2.saliency`, or ImportError naming the package to install (`OPENCV_HINT`)."""
+    try:
+        import cv2
+    except ImportError:
+        raise ImportError(f"OpenCV's fine-grained saliency {OPENCV_HINT}") from None
+    if not hasattr(cv2, "saliency"):  # an OpenCV build without the contrib modules
+        raise ImportError(f"OpenCV {cv2.__version__} is installed without its contrib modules; the fine-grained "
+                          f"saliency {OPENCV_HINT}")
+    return cv2.saliency
+
+
+def opencv_fine_grained(images: torch.Tensor) -> torch.Tensor:
+    """OpenCV's `StaticSaliencyFineGrained` map of each image, computed as the SaliencyMix original does.
+
+    Each image is handed to OpenCV as SaliencyMix's `saliency_bbox` prepares it
+    (afm-shahab-uddin/SaliencyMix `SaliencyMix_CIFAR/saliencymix.py`: `img.cpu().numpy().transpose(1, 2, 0)`):
+    the float32 image as the training loop has it (normalised), channels last, in the tensor's channel
+    order (which OpenCV reads as BGR, as there). OpenCV's detector is meant for 8-bit images: on float32
+    it reads the float buffer's bytes as pixels, so the map follows the exact float values (see
+    `baselines.SaliencyMix`). images: (B, C, H, W). Returns (B, H, W) float32 in [0, 1] on the images'
+    device. Runs on the CPU, image by image: one host-device synchronisation per call.
+    """
+    module = opencv_saliency_module()
+    detector = module.StaticSaliencyFineGrained_create()
+    pixels = images.detach().float().cpu().permute(0, 2, 3, 1).contiguous().numpy()
+    maps = []
+    for image in pixels:
+        found, saliency_map = detector.computeSaliency(image)
+        if not found:
+            raise RuntimeError("OpenCV's StaticSaliencyFineGrained found no saliency map for an image")
+        maps.append(torch.from_numpy(saliency_map))
+    return torch.stack(maps).to(images.device, non_blocking=True)

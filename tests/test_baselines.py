@@ -2,15 +2,21 @@
 libraries (POT, gco-wrapper), the provenance of every mixed pixel, label weights, seeds, training steps."""
 
 import contextlib
+import dataclasses
 import itertools
+import math
+import sys
+import types
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torchvision
+from scipy.special import logsumexp
 
 from catchup_mix import baselines, graphcut, methods, models, saliency, transport
-from catchup_mix.methods import MixedBatch
+from catchup_mix.methods import MixedBatch, draw_beta, draw_partners
 from catchup_mix.train import train_step
 
 NEW = ("saliencymix", "puzzlemix", "comixup", "guidedmixup", "alignmixup")
@@ -61,6 +67,9 @@ def test_methods_that_need_the_model_refuse_a_call_without_it(name):
     ("guidedmixup", dict(pairing="nearest"), "pairing"),
     ("alignmixup", dict(), "num_hook_points"),
     ("saliencymix", dict(alpha=0), "alpha"),
+    ("saliencymix", dict(saliency="itti"), "saliency"),
+    ("comixup", dict(threshold_penalty="soft"), "threshold_penalty"),
+    ("alignmixup", dict(num_hook_points=5, check_every=0), "check_every"),
 ])
 def test_bad_options_raise_naming_the_option(name, options, message):
     with pytest.raises(ValueError, match=message):
@@ -148,6 +157,76 @@ def test_saliencymix_pastes_a_box_from_the_partner_around_its_saliency_peak():
                 if not per_sample:  # one box for the whole batch
                     first = int(torch.nonzero(moved)[0])
                     assert torch.equal(changed[b], changed[first])
+
+
+def opencv_saliency():
+    cv2 = pytest.importorskip("cv2", reason="the saliency extra (opencv-contrib-python-headless)")
+    if not hasattr(cv2, "saliency"):
+        pytest.skip("OpenCV without its contrib modules")
+    return cv2
+
+
+def original_saliency_bbox(cv2, img: torch.Tensor, lam: float):
+    """A numpy reading of SaliencyMix's `saliency_bbox` (`SaliencyMix_CIFAR/saliencymix.py`): OpenCV's map
+    of the CHW float image made HWC, scaled to uint8, its argmax the centre of a box of sides
+    int(side * sqrt(1 - lam)). Returns rows x1:x2 and columns y1:y2."""
+    size = img.shape
+    cut_rat = np.sqrt(1.0 - lam)
+    cut_w, cut_h = int(size[1] * cut_rat), int(size[2] * cut_rat)
+    _, saliency_map = cv2.saliency.StaticSaliencyFineGrained_create().computeSaliency(img.numpy().transpose(1, 2, 0))
+    x, y = np.unravel_index(np.argmax((saliency_map * 255).astype("uint8"), axis=None), saliency_map.shape)
+    return (np.clip(x - cut_w // 2, 0, size[1]), np.clip(y - cut_h // 2, 0, size[2]),
+            np.clip(x + cut_w // 2, 0, size[1]), np.clip(y + cut_h // 2, 0, size[2]))
+
+
+def test_saliencymix_with_opencv_saliency_pastes_the_original_box():
+    cv2 = opencv_saliency()
+    images = (structured_images(8) - 0.5) / 0.25  # normalised, as the original's loader hands them over
+    method = methods.build("saliencymix", prob=1.0, saliency="opencv_fine_grained")
+    assert method.host_sync and methods.build("saliencymix").host_sync is None
+    for seed in range(6):
+        batch = method(images, torch.arange(8), generator=seeded(seed))
+        draws = seeded(seed)  # the method's own draws, in its order
+        perm, lam = draw_partners(8, draws), draw_beta(1.0, draws)
+        x1, y1, x2, y2 = original_saliency_bbox(cv2, images[perm[0]], lam)
+        expected = images.clone()
+        expected[:, :, x1:x2, y1:y2] = images[perm, :, x1:x2, y1:y2]
+        assert torch.equal(batch.inputs, expected)
+        assert torch.allclose(batch.lam, torch.full((8,), 1 - (x2 - x1) * (y2 - y1) / 32**2))
+
+
+def test_opencv_saliency_is_opencv_fine_grained_map_of_each_image():
+    cv2 = opencv_saliency()
+    images = torch.randn(3, 3, 16, 24, generator=seeded(5))
+    maps = saliency.opencv_fine_grained(images)
+    assert maps.shape == (3, 16, 24) and maps.dtype == torch.float32
+    for image, got in zip(images, maps, strict=True):
+        _, expected = cv2.saliency.StaticSaliencyFineGrained_create().computeSaliency(image.numpy().transpose(1, 2, 0))
+        assert np.array_equal(got.numpy(), expected)
+
+
+def test_asking_for_opencv_saliency_without_the_extra_names_the_package(monkeypatch):
+    monkeypatch.setitem(sys.modules, "cv2", None)  # `import cv2` fails
+    with pytest.raises(ValueError, match=r"pip install 'catchup-mix\[saliency\]'.*spectral_residual"):
+        methods.build("saliencymix", saliency="opencv_fine_grained")
+    monkeypatch.setitem(sys.modules, "cv2", types.SimpleNamespace(__version__="4.12.0"))  # no contrib modules
+    with pytest.raises(ValueError, match="without its contrib modules"):
+        methods.build("saliencymix", saliency="opencv_fine_grained")
+    assert methods.build("saliencymix").saliency == "spectral_residual"  # the default needs no OpenCV
+
+
+def test_paper_scale_runs_saliencymix_with_the_original_saliency_named_in_the_run_key():
+    opencv_saliency()
+    from reproduce import artifacts
+
+    paper = artifacts.plan_table1(artifacts.Settings("paper", [0], Path(".")))
+    smoke = artifacts.plan_table1(artifacts.Settings("smoke", [0], Path(".")))
+    chosen = [run for run in paper if run.labels["method"] == "saliencymix"]
+    assert chosen and all(run.config["method_options"] == {"saliency": "opencv_fine_grained"} for run in chosen)
+    assert all(run.config["method_options"] == {} for run in paper if run.labels["method"] != "saliencymix")
+    assert all(run.config["method_options"] == {} for run in smoke)
+    substitute = dataclasses.replace(chosen[0], config={**chosen[0].config, "method_options": {}})
+    assert substitute.key != chosen[0].key
 
 
 def test_puzzlemix_without_transport_takes_each_block_from_one_image_or_both():
@@ -361,6 +440,32 @@ def test_expansion_labels_are_expansion_optimal_and_mostly_global_optima():
     assert exact >= 0.9 * trials
 
 
+def test_expansion_labels_equal_a_search_over_every_move_and_refuse_negative_costs():
+    rng = np.random.default_rng(7)
+    n, inputs, side = 6, 8, 4
+    masks = np.concatenate([np.eye(inputs), [[0.5, 0.5] + [0] * 6, [0.5, 0, 0.5] + [0] * 5]])
+    pairwise = np.broadcast_to(0.02 * ((masks[:, None] - masks[None]) ** 2).sum(-1) / 2, (n, 10, 10)).copy()
+
+    def every_move(unary, labels):  # the best of all expansion moves, applied while it lowers the energy
+        energy = graphcut.labelling_energy(unary, pairwise, labels)
+        for _ in range(20):
+            moves, switch = graphcut.expansion_moves(unary, pairwise, labels)
+            best = moves.argmin(1)
+            better = moves[np.arange(n), best] < energy - 1e-12 * np.maximum(np.abs(energy), 1.0)
+            if not better.any():
+                break
+            labels = np.where(switch[np.arange(n), best] & better[:, None, None], best[:, None, None], labels)
+            energy = np.where(better, moves[np.arange(n), best], energy)
+        return labels
+
+    for _ in range(10):
+        unary = -rng.uniform(size=(n, 10, side, side)) / 16 + rng.uniform(0, 0.1, size=(n, 10, 1, 1))
+        start = rng.integers(10, size=(n, side, side))
+        assert np.array_equal(graphcut.expansion_labels(unary, pairwise, start), every_move(unary, start))
+    with pytest.raises(ValueError, match="pairwise"):
+        graphcut.expansion_labels(unary, -pairwise, start)
+
+
 def comixup_brute_force(cost, beta, gamma):
     """The minimum of Co-Mixup's objective over every one-hot labelling of every output (n^(n*H*W))."""
     n, h, w = cost.shape
@@ -402,6 +507,81 @@ def test_comixup_masks_are_distributions_over_valid_inputs():
     assert np.allclose(mask[0].sum(-1), 1) and np.allclose(mask[1, :3].sum(-1), 1)
     assert (mask[1, 3:] == 0).all() and (mask[1, :, :, :, 3:] == 0).all()  # padding neither shows nor is shown
     assert set(np.unique(mask)) <= {0.0, 0.5, 1.0}
+
+
+def test_comixup_threshold_penalties_are_the_original_line_and_the_per_input_product():
+    rng = np.random.default_rng(6)
+    parts, n, tau = 4, 20, 0.83 * 16
+    peaks = rng.integers(0, 25, size=(parts, n, 2))
+    distance = np.abs(peaks[:, :, None] - peaks[:, None]).sum(-1).astype(float)
+    distance = distance / distance.sum((1, 2), keepdims=True) * n
+    compatibility = 0.999 * np.eye(n) + 0.001 * distance  # A as Co-Mixup builds it, omega = 0.001
+    others = rng.integers(0, 2, size=(parts, n)) * rng.uniform(10, 40, size=(parts, n))  # counts around tau
+    for p in range(parts):
+        A, penalty = torch.from_numpy(compatibility[p]), torch.from_numpy(others[p])
+        # Co-Mixup `match.py` lines 224-227, as written (`*` and `@` bind equally, left to right)
+        original = ((A @ penalty.squeeze() > tau).double() * A @ penalty.squeeze()).numpy()
+        paper = ((A @ penalty > tau).double() * (A @ penalty)).numpy()
+        assert np.allclose(graphcut.diversity_penalty(compatibility[p:p + 1], others[p:p + 1], tau)[0], original)
+        assert np.allclose(graphcut.diversity_penalty(compatibility[p:p + 1], others[p:p + 1], tau, "paper")[0], paper)
+        assert not np.allclose(original, paper)  # they differ through A's off-diagonal entries
+    identity = np.broadcast_to(np.eye(n), compatibility.shape)
+    assert np.array_equal(graphcut.diversity_penalty(identity, others, tau, "original"),
+                          graphcut.diversity_penalty(identity, others, tau, "paper"))
+
+
+def test_comixup_uses_the_original_threshold_penalty_unless_asked_for_the_paper_one():
+    model = tiny_model()
+    images, labels = structured_images(20, seed=3), torch.arange(20) % 10
+    default = methods.build("comixup")
+    assert default.threshold_penalty == "original"
+    paper = methods.build("comixup", threshold_penalty="paper")
+    outputs = [(method(images, labels, generator=seeded(seed), model=model).inputs for method in (default, paper))
+               for seed in range(3)]
+    assert any(not torch.equal(first, second) for first, second in outputs)
+
+
+def original_sinkhorn(cost, eps=0.1, max_iter=100, thresh=0.1):
+    """A numpy reading of AlignMixup's `utils/OT.py` (SinkhornDistance.forward) in float64: log-domain updates
+    of u and v from uniform marginals, stopping as soon as the batch mean of sum_i |u - u_prev| is below
+    thresh, tested after every iteration. Returns (plan, iterations run)."""
+    batch, n, m = cost.shape
+    mu, nu = np.full((batch, n), 1 / n), np.full((batch, m), 1 / m)
+    u, v = np.zeros((batch, n)), np.zeros((batch, m))
+
+    def modified(u, v):
+        return (-cost + u[:, :, None] + v[:, None, :]) / eps
+
+    iterations = 0
+    while iterations < max_iter:
+        iterations += 1
+        previous = u
+        u = eps * (np.log(mu + 1e-8) - logsumexp(modified(u, v), axis=-1)) + u
+        v = eps * (np.log(nu + 1e-8) - logsumexp(modified(u, v).transpose(0, 2, 1), axis=-1)) + v
+        if np.abs(u - previous).sum(-1).mean() < thresh:
+            break
+    return np.exp(modified(u, v)), iterations
+
+
+def test_sinkhorn_stops_where_the_original_does_and_every_k_stops_later():
+    generator = seeded(11)
+    stops = set()
+    for scale in (0.5, 1.0, 2.0, 4.0):
+        features = scale * torch.rand(4, 16, 8, generator=generator, dtype=torch.float64)
+        cost = torch.cdist(features, features.roll(1, 0)) ** 2
+        expected, iterations = original_sinkhorn(cost.numpy())
+        stops.add(iterations)
+        plan = transport.sinkhorn(cost, 0.1)  # the original's rule: a test after every iteration
+        assert np.allclose(plan.numpy(), expected, atol=1e-7)
+        assert torch.equal(plan, transport.sinkhorn(cost, 0.1, max_iter=iterations, threshold=0.0))
+        later = math.ceil(iterations / 10) * 10  # the first test of check_every=10 after the original's stop
+        every_tenth = transport.sinkhorn(cost, 0.1, check_every=10)
+        assert torch.equal(every_tenth, transport.sinkhorn(cost, 0.1, max_iter=later, threshold=0.0))
+        if iterations % 10:
+            assert (every_tenth - plan).abs().max() > 1e-6
+    assert any(1 < k < 100 and k % 10 for k in stops), stops  # the cases where the two rules differ occurred
+    with pytest.raises(ValueError, match="check_every"):
+        transport.sinkhorn(cost, 0.1, check_every=0)
 
 
 def test_sinkhorn_equals_pot():
