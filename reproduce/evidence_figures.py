@@ -30,24 +30,14 @@ def _style(types: list[str]) -> dict:
                         ls="-" if label in HIGHLIGHT else "--") for i, label in enumerate(types)}
 
 
-def _line(ax, xs, rows, style, label):
-    """Mean over seeds as a line with markers, min to max as a band."""
+def _line(ax, xs, rows, style, label, marker="o"):
+    """Mean over seeds as a line, min to max as a band; markers where the points are few."""
     import numpy as np
 
     values = np.array(rows, dtype=float)
-    ax.plot(xs, values.mean(0), marker="o", ms=3, label=f"{label} (n={len(rows)})", **style)
+    ax.plot(xs, values.mean(0), marker=marker, ms=3, label=f"{label} (n={len(rows)})", **style)
     if len(rows) > 1:
         ax.fill_between(xs, values.min(0), values.max(0), color=style["color"], alpha=0.12, lw=0)
-
-
-def _legend_below(fig, axes) -> None:
-    """One legend for the figure, in a band of its own below the panels; then lay the panels out above it."""
-    handles, labels = axes[0].get_legend_handles_labels()
-    columns = min(len(labels), 6)
-    rows = -(-len(labels) // columns)
-    band = (0.22 * rows + 0.1) / fig.get_figheight()  # inches of 7 pt legend rows, as a fraction of the height
-    fig.legend(handles, labels, loc="lower center", ncol=columns, fontsize=7, frameon=False)
-    fig.tight_layout(rect=(0, band, 1, 1))
 
 
 def accuracy_curves(settings, title, types, stored) -> list:
@@ -60,16 +50,16 @@ def accuracy_curves(settings, title, types, stored) -> list:
         length = min(len(history) for history in histories)
         epochs = [row["epoch"] for row in histories[0][:length]]
         for ax, key in zip(axes, ("test_top1", "test_nll"), strict=True):
-            _line(ax, epochs, [[row[key] for row in history[:length]] for history in histories], style[label], label)
+            _line(ax, epochs, [[row[key] for row in history[:length]] for history in histories], style[label], label,
+                  marker=None)
     axes[0].set_ylabel("test top-1 (%)")
     axes[1].set_ylabel("test NLL (nats per image)")
     for ax in axes:
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
-    _legend_below(fig, axes)
     fig.suptitle(report.wrap_title(f"{title}: accuracy during training (10,000 test images; lines: mean over "
                                    "seeds, bands: min to max)", fig), fontsize=10)
-    return report.save_figure(settings, "evidence", fig, dpi=150, tight=False)
+    return report.save_figure(settings, "evidence", fig, dpi=150, legend_from=axes[0])
 
 
 def robustness_curves(settings, title, types, numbers, plan) -> list:
@@ -101,10 +91,9 @@ def robustness_curves(settings, title, types, numbers, plan) -> list:
                       f"{plan['corruptions']['images']} images")
     for ax in axes:
         ax.grid(alpha=0.3)
-    _legend_below(fig, axes)
     fig.suptitle(report.wrap_title(f"{title}: robustness (lines: mean over seeds, bands: min to max)", fig),
                  fontsize=10)
-    return report.save_figure(settings, "evidence_robustness", fig, dpi=140, tight=False)
+    return report.save_figure(settings, "evidence_robustness", fig, dpi=140, legend_from=axes[0])
 
 
 PROBE_ROWS = (("filter_gini", "Gini of the channel norms", 1), ("filter_lagging_0.5", "channels < 0.5 x mean (%)", 100),
@@ -127,7 +116,7 @@ def probe_curves(settings, title, types, stored, hook_points) -> list:
         for (key, _, scale), row_axes in zip(PROBE_ROWS, axes, strict=True):
             for ax, k in zip(row_axes, hook_points, strict=True):
                 _line(ax, epochs, [[scale * row[key][k] for row in history] for history in histories], style[label],
-                      label)
+                      label, marker=None)
     for (_, name, _), row_axes in zip(PROBE_ROWS, axes, strict=True):
         row_axes[0].set_ylabel(name, fontsize=9)
         for ax, k in zip(row_axes, hook_points, strict=True):
@@ -136,13 +125,10 @@ def probe_curves(settings, title, types, stored, hook_points) -> list:
                 ax.set_title(f"k={k}: {HOOK_NAMES.get(k, k)}", fontsize=9)
     for ax in axes[-1]:
         ax.set_xlabel("epoch")
-    for line in axes[0][0].get_lines():
-        line.set_marker("")
-    _legend_below(fig, axes[0])
     probe = stored[probed[0]][next(iter(stored[probed[0]]))]["summary"]["config"]["filter_probe"]
     fig.suptitle(report.wrap_title(f"{title}: the filter probe after every epoch ({probe} fixed test images; "
                                    "lines: mean over seeds, bands: min to max)", fig), fontsize=10)
-    return report.save_figure(settings, "evidence_probe", fig, dpi=120, tight=False)
+    return report.save_figure(settings, "evidence_probe", fig, dpi=120, legend_from=axes[0][0])
 
 
 def reliance_curves(settings, title, types, stored, hook_points) -> list:
@@ -175,9 +161,8 @@ def reliance_curves(settings, title, types, stored, hook_points) -> list:
                 ax.set_title(f"k={k}: {HOOK_NAMES.get(k, k)}", fontsize=9)
     for ax in axes[-1]:
         ax.set_xlabel("channels zeroed at this layer (%)")
-    _legend_below(fig, axes[0])
     images = measurement.plan["reliance"]["images"]
     fig.suptitle(report.wrap_title(f"{title}: reliance on the strongest channels ({images} fixed test images; "
                                    "channels ranked by mean norm; lines: mean over seeds, bands: min to max)", fig),
                  fontsize=10)
-    return report.save_figure(settings, "evidence_reliance", fig, dpi=120, tight=False)
+    return report.save_figure(settings, "evidence_reliance", fig, dpi=120, legend_from=axes[0][0])

@@ -68,7 +68,11 @@ def _models(settings, results):
 
 
 def _record(run, loaded, **values) -> dict:
-    return {"method": run.labels["method"], "seed": run.seed, "key": run.key, "epoch": loaded.epoch, **values}
+    """One run's measurement, with how its checkpoint was made: a run retrained because only its result was
+    here says so (runner.checkpoint prints it; on a GPU the retrained model is not bitwise the table's)."""
+    made = {key: loaded.provenance.get(key) for key in ("commit", "dirty", "time_utc", "host", "device")}
+    return {"method": run.labels["method"], "seed": run.seed, "key": run.key, "epoch": loaded.epoch,
+            "checkpoint": made, **values}
 
 
 def _measurement(settings, records: list, loaded, **extra) -> dict:
@@ -114,6 +118,12 @@ def _colours(names) -> dict:
     import matplotlib.pyplot as plt
 
     return {name: plt.get_cmap("tab10")(i % 10) for i, name in enumerate(names)}
+
+
+def _say_if_all_zero(ax, values, why: str) -> None:
+    """An empty-looking panel says why it is empty, rather than looking like a drawing failure."""
+    if values and not any(values):
+        ax.text(0.5, 0.5, why, transform=ax.transAxes, ha="center", va="center", fontsize=7, color="dimgrey")
 
 
 def _save_numbers(settings, artifact: str, numbers: dict) -> list:
@@ -182,7 +192,6 @@ def render_filters(settings, results, measurement):
         ax.set_xlabel("channel rank (% of channels, strongest first)", fontsize=8)
         if i == 0:
             ax.set_ylabel("channel norm / layer mean (log)", fontsize=8)
-            ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
     width = len(hook_points)
     for i, (name, label, scale, _) in enumerate(FILTER_STATISTICS):
@@ -199,9 +208,9 @@ def render_filters(settings, results, measurement):
         if name == "lagging":  # often 0 everywhere: 0 near the bottom, not mid-axis, lines visible
             top = max(ax.get_ylim()[1], 5.0)
             ax.set_ylim(-0.03 * top, top)
+            _say_if_all_zero(ax, [r[name][k] for records in groups.values() for r in records for k in hook_points],
+                             f"no channel under {threshold:g} x its layer's mean\nin any run, at any hook point")
         ax.grid(alpha=0.3)
-        if i == 0:
-            ax.legend(fontsize=7)
     seeds = [r["seed"] for r in measurement["runs"]]
     _suptitle(fig, settings, "Channel norms per layer (mean l2 norm of each channel's map over the test set; "
               "top: sorted, bottom: their inequality; error bars: std over seeds)", results[0][0].config, seeds)
@@ -222,7 +231,7 @@ def render_filters(settings, results, measurement):
                f"Command: python -m reproduce figure_filters --scale {settings.scale}"),
         ["Method", *[f"k={k} ({_hook_name(k)})" for k in hook_points], "n"], sections)
     return (report.write_table(settings, "figure_filters", table) + _save_numbers(settings, "figure_filters", numbers)
-            + report.save_figure(settings, "figure_filters", fig, dpi=130))
+            + report.save_figure(settings, "figure_filters", fig, dpi=130, legend_from=fig.axes[0]))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -265,8 +274,9 @@ def render_lagging(settings, results, measurement):
             if key == "filter_lagging":  # often 0 throughout: 0 near the bottom, not mid-axis, lines visible
                 top = max(ax.get_ylim()[1], 5.0)
                 ax.set_ylim(-0.03 * top, top)
+                _say_if_all_zero(ax, [line[key][k] for r in records for line in r["history"]],
+                                 f"no channel under {numbers['lagging_threshold']:g} x\nthe layer mean at any epoch")
         row[0].set_ylabel(label, fontsize=8)
-    axes[0, 0].legend(fontsize=7)
     # the probe's own cost, logged by every probed epoch, against the epoch's training time (test pass excluded)
     costs = [line["filter_probe_s"] / line["epoch_time_s"] for _, result in done for line in result["history"]]
     _suptitle(fig, settings, f"Lagging channels over training: channel-norm statistics of {numbers['probe_images']} "
@@ -277,7 +287,7 @@ def render_lagging(settings, results, measurement):
     numbers["config"] = config
     numbers["commits"] = sorted({result["summary"]["provenance"]["commit"] for _, result in done})
     return _save_numbers(settings, "figure_lagging", numbers) + report.save_figure(settings, "figure_lagging", fig,
-                                                                                   dpi=130)
+                                                                                   dpi=130, legend_from=axes[0, 0])
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -353,9 +363,11 @@ def render_reliance(settings, results, measurement):
         f"Reliance on the strongest channels: test top-1 (%) with channels zeroed, {_scope(settings, config)}",
         _notes(settings, results, "Cells: mean ± sample std over seeds of the test top-1 (%); n = seeds.",
                "At each hook point, round(p C) of its C channels are set to zero through the feature hook: the "
-               "strongest by mean l2 norm over the test set, the weakest, or the first of one fixed random "
-               "permutation (seed 0). Last-epoch checkpoint, eval mode, fp32 (catchup_mix.analysis.reliance). A "
-               "network that leans on a few channels loses more when its strongest ones go.",
+               "strongest by mean l2 norm over the test set, the weakest, or random ones (the mean over 5 seeded "
+               "draws; the figure's JSON keeps each draw). Last-epoch checkpoint, eval mode, fp32 "
+               "(catchup_mix.analysis.reliance). A network that leans on a few channels loses more when its strongest "
+               "ones go. Zeroing a channel before a BatchNorm does not remove it: the BatchNorm's shift still passes "
+               "on, so \"zeroed\" means \"set to what an all-zero map gives\".",
                f"Command: python -m reproduce figure_reliance --scale {settings.scale}"),
         ["Method", *[f"{COLUMN_NAMES[mode]} {100 * fractions[i]:g}%" if fractions[i] else "none zeroed"
                      for mode, i in columns], "n"], sections)
@@ -379,9 +391,35 @@ def measure_landscape(settings, results) -> dict:
             run, loaded, images=len(images),
             landscape_1d=analysis.loss_landscape_1d(model, loss, batches, setup["alphas_1d"], seed=0),
             landscape_2d=analysis.loss_landscape_2d(model, loss, batches, setup["grid_2d"], seed=0),
-            top_eigenvalue=analysis.hessian_top_eigenvalue(model, loss, batches, setup["hessian_iters"], seed=0),
-            trace=analysis.hessian_trace(model, loss, batches, setup["trace_samples"], seed=0)))
+            **_hessian(model, loss, batches, setup), subset=data.describe_subset(
+                loaded.dataset.train.labels, data.balanced_indices(loaded.dataset.train.labels,
+                                                                   setup["landscape_images"]), 0)))
     return _measurement(settings, records, loaded)
+
+
+def _hessian(model, loss, batches, setup) -> dict:
+    """The top eigenvalue and the trace, each with how far to trust it (analysis's return_info)."""
+    eigenvalue, eigen_info = analysis.hessian_top_eigenvalue(model, loss, batches, setup["hessian_iters"], seed=0,
+                                                             return_info=True)
+    trace, trace_info = analysis.hessian_trace(model, loss, batches, setup["trace_samples"], seed=0, return_info=True)
+    return {"top_eigenvalue": eigenvalue, "eigenvalue_info": eigen_info, "trace": trace, "trace_info": trace_info}
+
+
+def _eigenvalue_cell(records) -> str:
+    """Mean ± std of the eigenvalue, the products used and the worst residual; * where one hit the cap unconverged."""
+    cell = report.mean_std([r["top_eigenvalue"] for r in records])
+    infos = [r.get("eigenvalue_info") for r in records]
+    if not all(infos):
+        return cell  # measured before the estimates carried their error
+    capped = "*" if not all(info["converged"] for info in infos) else ""
+    return (f"{cell}{capped} ({max(info['iterations'] for info in infos)} products, residual "
+            f"{max(info['residual'] for info in infos):.2g})")
+
+
+def _trace_cell(records) -> str:
+    cell = report.mean_std([r["trace"] for r in records])
+    errors = [r["trace_info"]["stderr"] for r in records if r.get("trace_info") and r["trace_info"]["stderr"]]
+    return f"{cell} (s.e. {max(errors):.2g})" if errors else cell
 
 
 def render_landscape(settings, results, measurement):
@@ -423,7 +461,7 @@ def render_landscape(settings, results, measurement):
             numbers["methods"][method][key] = {"values": values, "mean": statistics.mean(values), "std": std}
         ax.set_xticks(range(len(groups)), list(groups), rotation=35, ha="right", fontsize=8)
         ax.set_ylabel(f"{label} (loss units)", fontsize=8)
-        ax.set_title(f"{label}: lower = flatter", fontsize=9)
+        ax.set_title(f"{label}: lower magnitude = flatter", fontsize=9)
         ax.grid(axis="y", alpha=0.3)
     # 2-D: the first seed of each method, on shared contour levels so the panels compare
     surfaces = {m: torch.tensor(records[0]["landscape_2d"]) for m, records in groups.items()}
@@ -453,21 +491,25 @@ def render_landscape(settings, results, measurement):
     _suptitle(fig, settings, f"Flatness around the last-epoch checkpoint: filter-normalised loss landscapes (Li et "
               f"al. 2018; directions from seed 0, biases and BN parameters not moved; {len(steps)}x{len(steps)} grid) "
               f"and Hessian spectrum ({setup['hessian_iters']} power iterations at most, {setup['trace_samples']} "
-              f"Hutchinson samples) on {images} fixed clean training images", config,
+              f"Hutchinson samples) on {images} fixed clean training images; the Hessian measures are not invariant to "
+              "reparametrisation (Dinh et al. 2017), the filter-normalised landscapes are", config,
               [r["seed"] for r in measurement["runs"]])
     numbers["provenance"] = measurement["provenance"]
 
     rows = [[method, report.mean_std([r["landscape_1d"][len(setup["alphas_1d"]) // 2] for r in records], 3),
-             report.mean_std([r["top_eigenvalue"] for r in records]), report.mean_std([r["trace"] for r in records]),
-             str(len(records))] for method, records in groups.items()]
+             _eigenvalue_cell(records), _trace_cell(records), str(len(records))] for method, records in groups.items()]
     table = report.Table(
         f"Flatness: training loss, top Hessian eigenvalue and Hessian trace, {_scope(settings, config)}",
         _notes(settings, results, "Cells: mean ± sample std over seeds; n = seeds.",
                f"On {images} fixed clean training images (evenly spaced indices, centre crop, no flip), "
                "cross-entropy with the hard labels, last-epoch checkpoint in eval mode, fp32, w.r.t. all trainable "
                f"parameters. Top eigenvalue: power iteration on Hessian-vector products ({setup['hessian_iters']} at "
-               f"most, stop at a relative change under 1e-3, start from seed 0). Trace: Hutchinson's estimator, "
-               f"{setup['trace_samples']} Rademacher vectors (seed 0). Lower = flatter "
+               f"most, stop at a relative change under 1e-3, start from seed 0); in brackets the most products any "
+               "seed used and the largest residual ||Hv - lambda v|| / |lambda| (0 for an exact eigenpair); * = a seed "
+               f"hit the cap unconverged. Trace: Hutchinson's estimator, {setup['trace_samples']} Rademacher vectors "
+               "(seed 0), with the largest standard error of a seed. Lower magnitude = flatter. Neither Hessian measure "
+               "is invariant to reparametrisation (Dinh et al. 2017: rescaling a ReLU network's layers changes its "
+               "Hessian, not its function); the filter-normalised landscapes are, by construction "
                "(catchup_mix.analysis; PyHessian's method).",
                f"Command: python -m reproduce figure_landscape --scale {settings.scale}"),
         ["Method", "Training loss", "Top eigenvalue", "Trace", "n"], [("", rows)])

@@ -327,13 +327,21 @@ def wrap_title(title: str, fig) -> str:
     return "\n".join(textwrap.fill(part, width_chars) for part in title.replace(" [", "\n[").split("\n"))
 
 
-def save_figure(settings, artifact: str, fig, dpi: int, tight: bool = True) -> list[Path]:
-    """Write `fig` as figures/[smoke/]<artifact>.png and .pdf, then close it; tight=False keeps the caller's
-    own layout (e.g. a band left free for a legend)."""
+def save_figure(settings, artifact: str, fig, dpi: int, legend_from=None) -> list[Path]:
+    """Write `fig` as figures/[smoke/]<artifact>.png and .pdf, then close it.
+
+    legend_from: an axes whose labelled lines get one legend for the whole figure, in a band of its own below
+    the panels, where it hides no data (many methods make a legend too big for any panel)."""
     import matplotlib.pyplot as plt
 
-    if tight:
+    if legend_from is None:
         fig.tight_layout()
+    else:
+        handles, labels = legend_from.get_legend_handles_labels()
+        columns = min(len(labels), 6)
+        rows = -(-len(labels) // columns)
+        fig.legend(handles, labels, loc="lower center", ncol=columns, fontsize=7, frameon=False)
+        fig.tight_layout(rect=(0, (0.22 * rows + 0.1) / fig.get_figheight(), 1, 1))  # ~0.22 inch per 7 pt row
     paths = [output_path(settings, "figures", artifact, ext) for ext in (".png", ".pdf")]
     for path in paths:  # no creation date in the PDF: regenerating unchanged results changes no file
         fig.savefig(path, dpi=dpi, metadata={"CreationDate": None} if path.suffix == ".pdf" else None)

@@ -73,9 +73,10 @@ def measure(settings, results) -> dict:
         print(f"[robustness] {run.name}: measuring ({checkpoint})", flush=True)
         numbers = run_suite(loaded.model, loaded.dataset, loaded.config, SUITE, suite, device=loaded.device,
                             autocast=loaded.autocast, corruptions_dir=folder, data_root=settings.data_root)
+        made = {key: loaded.provenance.get(key) for key in ("commit", "dirty", "time_utc", "host", "device")}
         write_json(path, {"labels": run.labels, "seed": run.seed, "run_key": run.key, "epoch": loaded.epoch,
                           "precision": loaded.config.precision, "same_numerics_as_training": loaded.same_numerics,
-                          **numbers, "provenance": provenance.collect(loaded.device)})
+                          "checkpoint": made, **numbers, "provenance": provenance.collect(loaded.device)})
         measured.append(str(path))
     return {"suite_key": suite.key(), "files": measured}
 
@@ -157,7 +158,7 @@ def _notes(settings, results, suite, first, grouped) -> list[str]:
               "hendrycks/robustness make_cifar_c.py; docs/robustness.md lists where it differs from the original)")
     ood = ", ".join(name for name in first["ood"] if name != "mean")
     notes.append(
-        f"Settings: the first {first['n_images']} test images; model in eval mode, attacks in [0, 1] pixel space "
+        f"Settings: {_images(first)}; model in eval mode, attacks in [0, 1] pixel space "
         f"with the normalisation inside the model. FGSM: one signed-gradient step. PGD-{suite.pgd_steps}: "
         f"L-inf ball, step {eps_label(suite.pgd_step_size)}, {suite.pgd_steps} steps, uniform random start "
         f"(seed {suite.seed}). Corruptions: mean over {len(suite.corruption_names)} corruptions x 5 severities "
@@ -173,56 +174,86 @@ def _notes(settings, results, suite, first, grouped) -> list[str]:
     return notes
 
 
+def _images(measured: dict) -> str:
+    subset = measured.get("subset")
+    if subset is None or subset["selection"] == "all":
+        return f"all {measured['n_images']} test images"
+    return (f"{subset['images']} of the {subset['of']} test images, class-balanced ({subset['classes']} classes, "
+            f"{subset['per_class'][0]}-{subset['per_class'][1]} each, evenly spread, seed {subset['seed']})")
+
+
 def _figure(settings, title, grouped, suite) -> list[Path]:
-    """Accuracy against corruption severity, accuracy against attack radius, and the reliability diagram."""
+    """Top row: accuracy against corruption severity and attack radius, under each deformation, OOD AUROC per
+    set. Below: the reliability diagram, one small panel per method (overlaid, ten methods are unreadable)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    if not any(grouped.values()):
+    measured = [method for method in methods.available() if grouped[method]]
+    if not measured:
         return []
-    fig, (severity_ax, attack_ax, reliability_ax) = plt.subplots(1, 3, figsize=(15, 4.6))
+    per_row = 6
+    rows = -(-len(measured) // per_row)
+    fig = plt.figure(figsize=(20, 5.2 + 2.9 * rows))
+    grid = fig.add_gridspec(1 + rows, per_row * 2, height_ratios=[1.6] + [1] * rows)
+    severity_ax, attack_ax, deformation_ax, ood_ax = (fig.add_subplot(grid[0, 3 * i:3 * i + 3]) for i in range(4))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for i, method in enumerate(methods.available()):
+    ood_names = sorted({name for method in measured for m in grouped[method] for name in m["ood"] if name != "mean"})
+    width = 0.8 / len(measured)
+    for i, method in enumerate(measured):
         runs = grouped[method]
-        if not runs:
-            continue
         colour = colours[i % len(colours)]
         curves = [[m["clean"]["top1"], *m["corruptions"]["per_severity"].values()] for m in runs]
         _mean_band(severity_ax, range(6), curves, colour, method)
         for attack, style in (("fgsm", "-"), ("pgd", "--")):
             epsilons = [0.0, *getattr(suite, f"{attack}_eps")]
             curves = [[m["clean"]["top1"], *m[attack].values()] for m in runs]
-            _mean_band(attack_ax, [255 * e for e in epsilons], curves, colour,
-                       f"{method} {'FGSM' if attack == 'fgsm' else f'PGD-{suite.pgd_steps}'}", style)
-        bins = [list(zip(*[(b["count"], b["confidence"], b["accuracy"]) for b in m["clean"]["reliability"]],
-                         strict=True)) for m in runs]
-        counts = [sum(run[0][b] for run in bins) for b in range(len(bins[0][0]))]
-        points = [(sum(run[0][b] * run[1][b] for run in bins if run[0][b]) / counts[b],
-                   sum(run[0][b] * run[2][b] for run in bins if run[0][b]) / counts[b], counts[b])
-                  for b in range(len(counts)) if counts[b]]
-        confidence, accuracy, count = zip(*points, strict=True)
-        reliability_ax.plot(confidence, accuracy, lw=1, color=colour, label=method)
-        reliability_ax.scatter(confidence, accuracy, s=[4 + 80 * c / max(count) for c in count], color=colour)
+            _mean_band(attack_ax, [255 * e for e in epsilons], curves, colour, None, style)
+        _mean_band(deformation_ax, range(len(suite.deformations)),
+                   [[m["deformations"][name] for name in suite.deformations] for m in runs], colour, None)
+        aurocs = [[m["ood"].get(name, {}).get("msp", {}).get("auroc", float("nan")) for name in ood_names] for m in runs]
+        ood_ax.bar([j + (i - len(measured) / 2 + 0.5) * width for j in range(len(ood_names))],
+                   [statistics.mean(column) for column in zip(*aurocs, strict=True)], width, color=colour)
+        reliability_ax = fig.add_subplot(grid[1 + i // per_row, 2 * (i % per_row):2 * (i % per_row) + 2])
+        _reliability(reliability_ax, runs, colour, method)
     severity_ax.set(xlabel="corruption severity (0 = clean test images)", ylabel="top-1 accuracy (%)",
                     title=f"mean over the {len(suite.corruption_names)} corruptions")
     attack_ax.set(xlabel="attack radius eps (x 1/255, L-inf, pixel space)", ylabel="top-1 accuracy (%)",
                   title=f"FGSM (solid) and PGD-{suite.pgd_steps} (dashed)")
-    reliability_ax.plot([0, 1], [0, 1], color="grey", ls=":", lw=1, label="calibrated")
-    reliability_ax.set(xlabel="confidence (max softmax), 15 bins", ylabel="accuracy in the bin (fraction)",
-                       title="reliability diagram, clean images (dot area ~ count)", xlim=(0, 1),
-                       ylim=(0, 1.02))
-    for ax in (severity_ax, attack_ax, reliability_ax):
+    deformation_ax.set(ylabel="top-1 accuracy (%)", title="each deformation")
+    deformation_ax.set_xticks(range(len(suite.deformations)), suite.deformations, rotation=35, ha="right", fontsize=7)
+    ood_ax.set(ylabel="AUROC (%), maximum softmax probability", title="OOD detection per set (50 = chance)",
+               ylim=(min(40, ood_ax.get_ylim()[0]), 100))
+    ood_ax.set_xticks(range(len(ood_names)), ood_names, rotation=20, ha="right", fontsize=7)
+    for ax in (severity_ax, attack_ax, deformation_ax, ood_ax):
         ax.grid(alpha=0.3)
-    severity_ax.legend(fontsize=7)
-    attack_ax.legend(fontsize=6, ncol=2)
-    reliability_ax.legend(fontsize=7, loc="upper left")
     fig.suptitle(title.replace(" [", "\n["), fontsize=10)
-    return report.save_figure(settings, "robustness", fig, dpi=130)
+    return report.save_figure(settings, "robustness", fig, dpi=110, legend_from=severity_ax)
 
 
-def _mean_band(ax, xs, curves, colour, label, style="-") -> None:
+def _reliability(ax, runs, colour, method) -> None:
+    """One method's reliability diagram over its seeds' bins: accuracy against confidence, dot area ~ count."""
+    bins = [list(zip(*[(b["count"], b["confidence"], b["accuracy"]) for b in m["clean"]["reliability"]], strict=True))
+            for m in runs]
+    counts = [sum(run[0][b] for run in bins) for b in range(len(bins[0][0]))]
+    points = [(sum(run[0][b] * run[1][b] for run in bins if run[0][b]) / counts[b],
+               sum(run[0][b] * run[2][b] for run in bins if run[0][b]) / counts[b], counts[b])
+              for b in range(len(counts)) if counts[b]]
+    confidence, accuracy, count = zip(*points, strict=True)
+    ax.plot([0, 1], [0, 1], color="grey", ls=":", lw=1)
+    ax.plot(confidence, accuracy, lw=1, color=colour)
+    ax.scatter(confidence, accuracy, s=[4 + 60 * c / max(count) for c in count], color=colour)
+    ece = statistics.mean(m["clean"]["ece"] for m in runs)
+    ax.set(xlim=(0, 1), ylim=(0, 1.02), title=f"{method}: ECE {ece:.1f}%")
+    ax.title.set_fontsize(8)
+    ax.tick_params(labelsize=7)
+    ax.set_xlabel("confidence (15 bins)", fontsize=7)
+    ax.set_ylabel("accuracy", fontsize=7)
+    ax.grid(alpha=0.3)
+
+
+def _mean_band(ax, xs, curves, colour, label, style="-") -> None:  # label None: not in the legend
     """Mean over seeds as a line, ± one sample std as a band when there are several seeds."""
     columns = list(zip(*curves, strict=True))
     means = [statistics.mean(c) for c in columns]
