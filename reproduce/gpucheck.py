@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 from catchup_mix import benchmark, data, provenance
-from catchup_mix.checkpoint import atomic_write, write_json
+from catchup_mix.checkpoint import atomic_write, check_writable, write_json
 from catchup_mix.config import make_config
 
 REPOSITORY = Path(__file__).resolve().parent.parent
@@ -54,6 +54,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         print("error: no CUDA GPU is visible; on a CPU run `python -m reproduce gpucheck --device cpu --tiny`",
               file=sys.stderr)
+        return 2
+    try:
+        check_writable(args.out)  # now, not after 8 minutes of GPU time
+    except OSError as error:
+        print(f"error: {error}", file=sys.stderr)
         return 2
     device = torch.device(args.device)
     scale = _scale(args.tiny)
@@ -94,9 +99,10 @@ def _scale(tiny: bool) -> dict:
 def run_tests() -> dict:
     with tempfile.TemporaryDirectory() as folder:
         junit = Path(folder) / "junit.xml"
+        # --disable-warnings: compiler and deprecation warnings would fill the report's output tail
         result = subprocess.run([sys.executable, "-m", "pytest", "tests/test_cuda.py", "-q", "-rs", "-p",
-                                 "no:cacheprovider", f"--junitxml={junit}"], cwd=REPOSITORY, capture_output=True,
-                                text=True)
+                                 "no:cacheprovider", "--disable-warnings", f"--junitxml={junit}"], cwd=REPOSITORY,
+                                capture_output=True, text=True)
         suite = ElementTree.parse(junit).getroot()
         suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
     counts = {key: int(suite.get(key, 0)) for key in ("tests", "failures", "errors", "skipped")}
@@ -238,18 +244,29 @@ def verdicts(report) -> list[str]:
     tests = report["tests"]
     lines.append(f"CUDA tests: {tests['passed']} passed, {tests['failed']} failed, {tests['errors']} errors, "
                  f"{tests['skipped']} skipped")
+    tiny = report["scale"]["width"] is not None
+
+    def verdict(met: bool, mode: str = "eager") -> str:
+        if tiny and mode == "compiled":
+            return (f"not meaningful at --tiny: {report['scale']['compile_warmup']} warm-up rounds do not finish "
+                    "compiling")
+        if tiny:
+            return "not comparable at --tiny: the target is for the full network on an H100"
+        return "met" if met else "not met"
+
     for mode, rows in report["benchmark"]["modes"].items():
         by_name = {row["method"]: row for row in rows}
         vanilla, catchup = by_name["vanilla"]["epoch_s"], by_name["catchup_mix"]["ratio"]
         lines.append(f"{mode}: vanilla {vanilla:.2f} s per 50k epoch (target <= {TARGETS['vanilla_epoch_s']} s: "
-                     f"{'met' if vanilla <= TARGETS['vanilla_epoch_s'] else 'not met'}); catchup_mix {catchup:.3f}x "
+                     f"{verdict(vanilla <= TARGETS['vanilla_epoch_s'], mode)}); catchup_mix {catchup:.3f}x "
                      f"vanilla (target <= {TARGETS['catchup_mix_ratio']}: "
-                     f"{'met' if catchup <= TARGETS['catchup_mix_ratio'] else 'not met'})")
+                     f"{verdict(catchup <= TARGETS['catchup_mix_ratio'], mode)})")
     speedup = report["data_path"]["speedup"]
     lines.append(f"data path: on-device loader {speedup:.1f}x the torchvision DataLoader (target >= "
-                 f"{TARGETS['data_path_speedup']}: {'met' if speedup >= TARGETS['data_path_speedup'] else 'not met'})")
-    if report["scale"]["width"] is not None:
-        lines.append("--tiny: a narrow network and few rounds; the targets are for the full network on an H100")
+                 f"{TARGETS['data_path_speedup']}: {verdict(speedup >= TARGETS['data_path_speedup'])})")
+    if tiny:
+        lines.append("--tiny: a narrow network and few rounds, to check the script; the targets are for the full "
+                     "network on an H100")
     return lines
 
 

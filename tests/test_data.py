@@ -580,3 +580,37 @@ def test_real_tiny_imagenet_val_labels_follow_annotations(shared_data_dir):
                          padding=ds.train_padding, generator=torch.Generator().manual_seed(0))
     x, _ = next(iter(loader))
     assert x.shape == (25, 3, 64, 64) and math.isfinite(x.abs().max().item())
+
+
+# ----------------------------------------------------------------------------------------------------
+# Subsets that represent a split
+
+
+def test_balanced_indices_represent_every_class_of_a_class_sorted_split():
+    labels = torch.arange(10).repeat_interleave(100)  # sorted by class, as file and synthetic splits are
+    index = data.balanced_indices(labels, 20, seed=0)
+    assert labels[index].bincount().tolist() == [2] * 10  # the first 20 would all be class 0
+    assert torch.equal(index, index.sort().values) and len(index.unique()) == 20
+    assert torch.equal(index, data.balanced_indices(labels, 20, seed=0))  # seeded: the same every time
+    assert not torch.equal(index, data.balanced_indices(labels, 20, seed=1))
+    # evenly spread inside each class: 10 of a class's 100 images lie 10 apart
+    ten = data.balanced_indices(labels, 100, seed=3)
+    gaps = ten[labels[ten] == 4].diff()
+    assert set(gaps.tolist()) == {10}
+    # a remainder goes to classes drawn by the seed; a small class gives all it has, the others share the rest
+    assert sorted(labels[data.balanced_indices(labels, 25, seed=0)].bincount().tolist()) == [2] * 5 + [3] * 5
+    uneven = torch.cat([torch.zeros(3), torch.ones(100), torch.full((50,), 2)]).long()
+    assert uneven[data.balanced_indices(uneven, 60, seed=1)].bincount().tolist() == [3, 29, 28] or \
+        uneven[data.balanced_indices(uneven, 60, seed=1)].bincount().tolist() == [3, 28, 29]
+    assert torch.equal(data.balanced_indices(labels, 5000), torch.arange(1000))  # more than there are: all
+    with pytest.raises(ValueError, match="at least 1 image"):
+        data.balanced_indices(labels, 0)
+
+
+def test_describe_subset_records_which_images():
+    labels = torch.arange(4).repeat_interleave(5)
+    index = data.balanced_indices(labels, 8, seed=2)
+    described = data.describe_subset(labels, index, 2)
+    assert described["images"] == 8 and described["of"] == 20 and described["classes"] == 4
+    assert described["per_class"] == [2, 2] and described["seed"] == 2 and len(described["indices_sha256"]) == 16
+    assert data.describe_subset(labels, torch.arange(20), None)["selection"] == "all"

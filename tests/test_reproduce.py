@@ -271,3 +271,28 @@ def test_cli_entry_point_runs_as_a_module(tmp_path):
                             env=dict(os.environ, PYTHONPATH=str(REPOSITORY)), timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("catchup_mix train") == 1 + len(artifacts.ablation_variants())
+
+
+def test_gpucheck_refuses_an_unwritable_report_folder_before_any_work(tmp_path, capsys, monkeypatch):
+    from reproduce import gpucheck
+
+    monkeypatch.setattr(gpucheck, "run_tests", lambda: pytest.fail("work started"))
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    assert reproduce_main(["gpucheck", "--device", "cpu", "--tiny", "--out", str(blocked / "reports")]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: cannot write to") and "Traceback" not in error
+
+
+def test_gpucheck_verdicts_judge_targets_only_at_full_size():
+    from reproduce import gpucheck
+
+    rows = [{"method": "vanilla", "epoch_s": 3.0, "ratio": 1.0}, {"method": "catchup_mix", "epoch_s": 3.1, "ratio": 1.2}]
+    report = {"tests": {"passed": 3, "failed": 0, "errors": 0, "skipped": 0}, "data_path": {"speedup": 4.0},
+              "benchmark": {"modes": {"eager": rows, "compiled": rows}},
+              "scale": gpucheck._scale(tiny=False)}
+    full = gpucheck.verdicts(report)
+    assert "(target <= 4.0 s: met)" in full[1] and "(target <= 1.05: not met)" in full[1]
+    tiny = gpucheck.verdicts({**report, "scale": gpucheck._scale(tiny=True)})
+    assert "not met" not in " ".join(tiny) and "not comparable at --tiny" in tiny[1]
+    assert "not meaningful at --tiny: 2 warm-up rounds" in tiny[2]
