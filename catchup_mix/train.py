@@ -19,7 +19,14 @@ import torch
 import torch.distributed as dist
 
 from . import analysis, data, methods, models, provenance
-from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint, write_json, write_jsonl
+from .checkpoint import (
+    CheckpointError,
+    check_writable,
+    load_checkpoint,
+    save_checkpoint,
+    write_json,
+    write_jsonl,
+)
 from .config import Config, ConfigError, make_config, resolve_runtime, to_dict
 from .evaluate import evaluate
 from .ops import soft_target_loss
@@ -144,6 +151,8 @@ def train(config: Config, resume: bool = False, extend: bool = False) -> dict:
         raise FileExistsError(
             f"{run_dir} already holds a run. Pass --resume to continue it, or set output_dir to a new folder."
         )
+    if is_main:
+        check_writable(run_dir)  # before the data, the model and the first epoch
     saved = load_checkpoint(last_path) if resume and last_path.exists() else None
     if saved is not None:
         check_resumable(saved, config, last_path, world_size, extend)
