@@ -35,6 +35,10 @@ RUN PIP_CONSTRAINT=/opt/catchup-mix/constraints.txt pip install --no-cache-dir -
         'torch==2.14.1' 'torchvision==0.29.1' '.[logging,figures,saliency]' \
  && python -m reproduce list --names
 
+# The frost photographs of the corruptions (extra `frost`): only the image files of imagecorruptions are read,
+# so it comes without its dependencies (OpenCV, scikit-image).
+RUN pip install --no-cache-dir --no-deps -c constraints.txt 'imagecorruptions==1.1.2'
+
 RUN useradd --create-home --uid 10001 catchup \
  && mkdir -p /data /work/out \
  && chown catchup /work/out

@@ -68,6 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     corrupt_parser.add_argument("--seed", type=int, default=0)
     corrupt_parser.add_argument("--num-classes", type=int, help="keep the first N classes")
     corrupt_parser.add_argument("--test-per-class", type=int, help="keep the first n test images per class")
+    from .corruptions import add_generator_options
+
+    add_generator_options(corrupt_parser)  # --jpeg-step / --no-jpeg-step, --frost-dir
 
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
@@ -236,13 +239,17 @@ def write_corrupted_set(args) -> None:
                         test_per_class=args.test_per_class)
     images = dataset.test.images.permute(0, 2, 3, 1).numpy()
     before, _ = corruptions.available_in(out, names)
-    corruptions.write_set(images, dataset.test.labels.numpy(), out, names, seed=args.seed)
+    corruptions.write_set(images, dataset.test.labels.numpy(), out, names, seed=args.seed,
+                          jpeg_step=args.jpeg_step, frost_dir=args.frost_dir)
+    generator = json.loads((out / corruptions.SET_INFO).read_text())["generator"]
+    made = (f"frost {generator['frost']}, JPEG step {'on' if generator['jpeg_step'] else 'off'}, "
+            f"corruption code {generator['code']}")
     what = f"x 5 severities of {len(images)} {args.dataset} test images"
     if len(before) == len(names):
-        print(f"already complete: {out} holds all {len(names)} corruptions {what}; nothing written")
+        print(f"already complete: {out} holds all {len(names)} corruptions {what} ({made}); nothing written")
     else:
-        kept = f" ({len(before)} were already there)" if before else ""
-        print(f"wrote {len(names) - len(before)} corruptions {what} to {out}{kept}")
+        kept = f"; {len(before)} were already there" if before else ""
+        print(f"wrote {len(names) - len(before)} corruptions {what} to {out} ({made}{kept})")
 
 
 if __name__ == "__main__":

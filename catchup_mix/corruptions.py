@@ -5,13 +5,17 @@ images, and corrupted test sets in the official file layout.
     noisy = corruptions.corrupt(images, "gaussian_noise", severity=3, seed=0)  # uint8 (N, H, W, 3) in and out
     corruptions.write_set(images, labels, "data/CIFAR-100-C-ours")         # <name>.npy + labels.npy
     images, labels = corruptions.load_set("data/CIFAR-100-C", "fog")         # (5, N, H, W, 3), (N,)
+    corruptions.generator_fingerprint(32)  # what would make a set now: code hash, frost source, JPEG step
 
 The severity constants are the original benchmark's, read from hendrycks/robustness
 (ImageNet-C/create_c/make_cifar_c.py at commit ca36008 for 32x32 images, make_tinyimagenet_c.py at commit
 7a64e6a for 64x64); the line of each constant is noted beside it. The operations are our own numpy/scipy code
 (Pillow for JPEG and pixelate, as in the original), vectorised over the batch, with the original's numerics:
-float64 or float32 where it used them, and its final `np.uint8(...)`, which truncates. What cannot equal the
-original bit for bit (random streams, ImageMagick, OpenCV, the frost photographs) is listed in
+float64 or float32 where it used them, and its final `np.uint8(...)`, which truncates. 64x64 images then go
+through JPEG at quality 85, as the original saved every Tiny-ImageNet-C image (`jpeg_step`). Frost blends
+crops of the original's frost photographs when they are installed (the `frost` extra) or in `frost_dir`, and
+generated textures with the photographs' statistics otherwise. What cannot equal the original bit for bit
+(random streams, ImageMagick, OpenCV's affine warp, frost without the photographs) is listed in
 docs/robustness.md.
 
 Benchmark: `python -m catchup_mix.corruptions --benchmark` times the 15 x 5 corruptions of 10,000 images.
@@ -20,6 +24,7 @@ Benchmark: `python -m catchup_mix.corruptions --benchmark` times the 15 x 5 corr
 from __future__ import annotations
 
 import argparse
+import functools
 import io
 import json
 import os
@@ -38,6 +43,31 @@ CORRUPTIONS = ("gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", 
 EXTRA_CORRUPTIONS = ("speckle_noise", "gaussian_blur", "spatter", "saturate")  # released with CIFAR-10-C too
 ALL_CORRUPTIONS = CORRUPTIONS + EXTRA_CORRUPTIONS
 SEVERITIES = (1, 2, 3, 4, 5)
+
+# The JPEG step of Tiny-ImageNet-C: every corrupted 64x64 image saved as JPEG, quality 85
+# (make_tinyimagenet_c.py line 118, `.save(save_path, quality=85, optimize=True)`; optimize only shortens the
+# file's Huffman code, the decoded pixels are the same). The CIFAR script saves .npy arrays: no JPEG step.
+JPEG_STEP_QUALITY = 85
+JPEG_STEP_SIZES = (64,)  # where the original applies it; `jpeg_step=True/False` overrides
+
+# Frost: one of the first five of the original's six photographs (np.random.randint(5)), resized by
+# cv2.resize(fx=fy=factor) (make_cifar_c.py lines 239-242, make_tinyimagenet_c.py lines 357-360), then a
+# random crop of the image size. The photographs (Apache-2.0, Hendrycks' repository) come with the
+# `imagecorruptions` package (the `frost` extra) or from a folder (`frost_dir`).
+FROST_PHOTOGRAPHS = ("frost1.png", "frost2.png", "frost3.png", "frost4.jpg", "frost5.jpg")
+FROST_RESIZE = {32: 0.2, 64: 0.3}
+# Per photograph after that resize: RGB mean and standard deviation (0-255), measured with
+# `python -m catchup_mix.corruptions --frost-statistics` (tests/test_corruptions.py checks them against the
+# photographs). The generated textures that stand in for missing photographs are mapped to these.
+FROST_PHOTOGRAPH_STATISTICS = {
+    32: (((77.5, 149.0, 165.7), (200.8, 205.4, 214.5), (200.8, 205.4, 214.5), (138.0, 153.2, 165.6),
+          (112.3, 123.3, 134.7)),
+         ((26.8, 16.4, 15.3), (21.4, 22.1, 22.6), (21.4, 22.1, 22.6), (29.0, 29.0, 30.2), (44.3, 43.2, 41.6))),
+    64: (((77.6, 149.0, 165.7), (200.8, 205.4, 214.5), (200.8, 205.4, 214.5), (137.5, 152.6, 165.0),
+          (112.4, 123.4, 134.8)),
+         ((25.4, 15.6, 14.6), (20.3, 21.0, 21.5), (20.3, 21.0, 21.5), (26.3, 26.4, 27.8), (42.2, 41.0, 39.3))),
+}
+GENERATED_FROST = "generated"  # frost_dir value that forces the generated textures
 
 # Severity 1..5 constants by image size. 32: make_cifar_c.py, 64: make_tinyimagenet_c.py (line in the file).
 PARAMETERS = {
@@ -93,23 +123,123 @@ PARAMETERS = {
 }
 
 
-def corrupt(images: np.ndarray, name: str, severity: int, seed: int | list[int] = 0) -> np.ndarray:
+def corrupt(images: np.ndarray, name: str, severity: int, seed: int | list[int] = 0, *,
+            jpeg_step: bool | None = None, frost_dir=None) -> np.ndarray:
     """`images` (uint8, N x H x W x 3, H = W = 32 or 64) under corruption `name` at `severity` (1-5).
 
-    The same (images, name, severity, seed) always give the same result; different names and severities
-    draw from independent streams of the same seed. seed: an int, or a list of ints (numpy SeedSequence
-    entropy, e.g. [seed, chunk] when a set is written in chunks).
+    The same (images, name, severity, seed, options) always give the same result; different names and
+    severities draw from independent streams of the same seed. seed: an int, or a list of ints (numpy
+    SeedSequence entropy, e.g. [seed, chunk] when a set is written in chunks).
+    jpeg_step: pass the result through JPEG at quality 85, as the original saved Tiny-ImageNet-C; None (the
+    default) does it for 64x64 images as the original did, and not for 32x32 (CIFAR-C is stored as .npy).
+    frost_dir: where the frost photographs are (see `frost_folder`); None: the `imagecorruptions` package's
+    copy if installed, else generated textures; "generated": always the generated textures.
     """
     if name not in ALL_CORRUPTIONS:
         raise ValueError(f"unknown corruption {name!r}; available: {', '.join(ALL_CORRUPTIONS)}")
     if severity not in SEVERITIES:
         raise ValueError(f"severity must be one of {SEVERITIES}, got {severity!r}")
     size = _check_images(images)
+    folder = frost_folder(frost_dir) if name == "frost" else None  # a bad folder fails even on no images
     if len(images) == 0:
         return images.copy()
     rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(ALL_CORRUPTIONS.index(name), severity)))
     parameter = PARAMETERS[size][name][severity - 1]
-    return _OPERATIONS[name](np.ascontiguousarray(images), parameter, rng)
+    images = np.ascontiguousarray(images)
+    if name == "frost":
+        corrupted = _frost(images, parameter, rng, _frost_textures(size, folder))
+    else:
+        corrupted = _OPERATIONS[name](images, parameter, rng)
+    if _jpeg_step_on(jpeg_step, size):
+        corrupted = _pillow_each(corrupted, lambda image: jpeg(image, JPEG_STEP_QUALITY))
+    return corrupted
+
+
+def _jpeg_step_on(jpeg_step: bool | None, size: int) -> bool:
+    return size in JPEG_STEP_SIZES if jpeg_step is None else bool(jpeg_step)
+
+
+def frost_folder(frost_dir=None) -> Path | None:
+    """The folder the frost photographs are read from, or None for the generated textures.
+
+    frost_dir: a folder holding FROST_PHOTOGRAPHS (an error names what is missing); "generated": None;
+    None: the copy that the `imagecorruptions` package installs (`pip install 'catchup-mix[frost]'`), found
+    without importing it, if all five photographs are there, else None.
+    """
+    if frost_dir is not None and str(frost_dir) == GENERATED_FROST:
+        return None
+    if frost_dir is None:
+        import importlib.util
+
+        spec = importlib.util.find_spec("imagecorruptions")
+        if spec is None or not spec.submodule_search_locations:
+            return None
+        folder = Path(list(spec.submodule_search_locations)[0]) / "frost"
+        return folder if all((folder / name).is_file() for name in FROST_PHOTOGRAPHS) else None
+    folder = Path(frost_dir)
+    missing = [name for name in FROST_PHOTOGRAPHS if not (folder / name).is_file()]
+    if missing:
+        raise ValueError(f"frost_dir {folder} lacks the frost photographs {', '.join(missing)}; they are in "
+                         "Hendrycks' repository (ImageNet-C/create_c/) and in the imagecorruptions package "
+                         f"(pip install 'catchup-mix[frost]'), or pass frost_dir={GENERATED_FROST!r}")
+    return folder
+
+
+@functools.lru_cache(maxsize=8)
+def _frost_textures(size: int, folder: Path | None) -> tuple[np.ndarray, ...]:
+    """The frost images that crops are taken from: the photographs resized as the original did, or the
+    generated textures with the photographs' statistics."""
+    if folder is None:
+        means, stds = FROST_PHOTOGRAPH_STATISTICS[size]
+        return tuple(image_ops.frost_textures(size, means, stds))
+    return tuple(frost_photograph(folder / name, size) for name in FROST_PHOTOGRAPHS)
+
+
+def frost_photograph(path, size: int) -> np.ndarray:
+    """One frost photograph as the original script uses it for `size`-pixel images: RGB uint8, resized by
+    FROST_RESIZE[size] with OpenCV's linear interpolation (reproduced by image_ops.resize_linear)."""
+    from PIL import Image
+
+    with Image.open(path) as photograph:
+        pixels = np.asarray(photograph.convert("RGB"))  # as cv2.imread: the alpha channel dropped
+    return image_ops.resize_linear(pixels, FROST_RESIZE[size])
+
+
+def generator_fingerprint(size: int, *, jpeg_step: bool | None = None, frost_dir=None) -> dict:
+    """What `corrupt` and `write_set` would make `size`-pixel sets with, here and now, with these options:
+
+    {"code": a 12-digit hash of corruptions.py and image_ops.py (any change to either changes it),
+     "frost": "photographs" or "generated", "frost_files": a 12-digit hash of the five photographs (None
+     when generated), "jpeg_step": whether images go through JPEG quality 85 at the end}.
+
+    write_set stores it as "generator" in a set's corruption_set.json; a stored set whose "generator" differs
+    from generator_fingerprint(its size, same options) was made by other code or from other frost textures,
+    and must be regenerated to be compared with a set made now.
+    """
+    if size not in PARAMETERS:
+        raise ValueError(f"the corruptions are defined for {sorted(PARAMETERS)}-pixel images, not {size}")
+    folder = frost_folder(frost_dir)
+    return {"code": _code_fingerprint(), "frost": "generated" if folder is None else "photographs",
+            "frost_files": None if folder is None else _files_fingerprint(folder, FROST_PHOTOGRAPHS),
+            "jpeg_step": _jpeg_step_on(jpeg_step, size)}
+
+
+@functools.lru_cache(maxsize=1)
+def _code_fingerprint() -> str:
+    here = Path(__file__).parent
+    return _files_fingerprint(here, ("corruptions.py", "image_ops.py"), text=True)
+
+
+def _files_fingerprint(folder: Path, names, text: bool = False) -> str:
+    """12 hex digits of the SHA-256 of the files' contents (text: with Windows line ends made Unix ones, so
+    that a checkout's line-end setting does not change it)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name in names:
+        content = (Path(folder) / name).read_bytes()
+        digest.update(content.replace(b"\r\n", b"\n") if text else content)
+    return digest.hexdigest()[:12]
 
 
 def _check_images(images) -> int:
@@ -234,15 +364,21 @@ def _snow(images, parameter, rng):
     return _to_uint8(np.clip(x + layer + layer[:, ::-1, ::-1], 0, 1) * 255)
 
 
-def _frost(images, parameter, rng):
+def _frost(images, parameter, rng, textures):
+    # textures: the frost images (H_k, W_k, 3) to crop from, of any sizes; each image gets a crop of one,
+    # picked uniformly, at a uniform start row in [0, H_k - size) and column in [0, W_k - size), as the
+    # original's randint (its high end excluded)
     image_weight, frost_weight = parameter
     n, size = images.shape[:2]
-    textures = image_ops.frost_textures(size)
+    heights, widths = np.array([texture.shape[:2] for texture in textures]).T
     pick = rng.integers(0, len(textures), n)
-    top = rng.integers(0, textures.shape[1] - size, n)
-    left = rng.integers(0, textures.shape[2] - size, n)
+    top = rng.integers(0, heights[pick] - size)
+    left = rng.integers(0, widths[pick] - size)
     span = np.arange(size)
-    crops = textures[pick[:, None, None], (top[:, None] + span)[:, :, None], (left[:, None] + span)[:, None, :]]
+    crops = np.empty_like(images)
+    for k, texture in enumerate(textures):
+        chosen = np.nonzero(pick == k)[0]
+        crops[chosen] = texture[(top[chosen, None] + span)[:, :, None], (left[chosen, None] + span)[:, None, :]]
     return _to_uint8(np.clip(image_weight * images.astype(np.float64) + frost_weight * crops, 0, 255))
 
 
@@ -336,34 +472,34 @@ def _spatter(images, parameter, rng):
     liquid[liquid < threshold] = 0
     if not mud:
         # water: pale turquoise drops whose rims are shaded from the distance to the drops' edges
-        level = np.clip(liquid * 255, 0, 255).astype(np.uint8)
+        # the original's (liquid * 255).astype(np.uint8): values past 255 wrap around, as that cast does on
+        # x86 (where the benchmark was made); through int64 so that it does so on every machine
+        level = (liquid * 255).astype(np.int64).astype(np.uint8)
         edges = image_ops.canny(level, 50, 150)
-        # distance to the nearest edge, truncated at 20 (also where an image has no edge: images are kept apart
-        # by a large spacing along the batch axis)
-        distance = np.full(edges.shape, 20.0)
-        if edges.any():
-            distance = np.minimum(ndimage.distance_transform_edt(~edges, sampling=(4 * size, 1, 1)), 20)
+        # OpenCV's chamfer distance to the nearest edge (float32), truncated at 20, blurred in float32 and
+        # truncated to uint8, as the original's distanceTransform, threshold, blur and astype
+        distance = np.minimum(image_ops.chamfer_distance(edges), np.float32(20))
         distance = image_ops.equalize_histogram(image_ops.box_blur3(distance).astype(np.uint8))
         relief = ndimage.correlate(distance.astype(np.float64), np.array([[[-2, -1, 0], [-1, 1, 1],
                                                                                      [0, 1, 2]]]), mode="mirror")
-        relief = np.clip(np.rint(relief), 0, 255)  # filter2D into uint8 saturates
-        relief = np.rint(image_ops.box_blur3(relief)).astype(np.float32)  # blur of uint8 stays uint8
+        relief = np.clip(np.rint(relief), 0, 255).astype(np.uint8)  # filter2D into uint8 saturates
+        relief = image_ops.box_blur3(relief).astype(np.float32)
         shade = level.astype(np.float32) * relief
         peak = shade.max(axis=(1, 2), keepdims=True)
         shade = np.divide(shade, peak, out=np.zeros_like(shade), where=peak > 0) * intensity
-        colour = np.array([175, 238, 238], dtype=np.float32) / 255
+        colour = (np.array([175, 238, 238]) / 255).astype(np.float32)  # float64 quotients, as 175 / 255. * ones
         return _to_uint8(np.clip(x + shade[..., None] * colour, 0, 1) * 255)
     # mud: brown blots where the blurred liquid mask is above 0.8
     mask = image_ops.gaussian_blur((liquid > threshold).astype(np.float32), intensity)
     mask[mask < 0.8] = 0
-    colour = np.array([63, 42, 20], dtype=np.float32) / 255
+    colour = (np.array([63, 42, 20]) / 255).astype(np.float32)
     return _to_uint8(np.clip(x * (1 - mask[..., None]) + colour * mask[..., None], 0, 1) * 255)
 
 
-_OPERATIONS = {
+_OPERATIONS = {  # frost is called with its textures by corrupt()
     "gaussian_noise": _gaussian_noise, "shot_noise": _shot_noise, "impulse_noise": _impulse_noise,
     "defocus_blur": _defocus_blur, "glass_blur": _glass_blur, "motion_blur": _motion_blur, "zoom_blur": _zoom_blur,
-    "snow": _snow, "frost": _frost, "fog": _fog, "brightness": _brightness, "contrast": _contrast,
+    "snow": _snow, "fog": _fog, "brightness": _brightness, "contrast": _contrast,
     "elastic_transform": _elastic_transform, "pixelate": _pixelate, "jpeg_compression": _jpeg_compression,
     "speckle_noise": _speckle_noise, "gaussian_blur": _gaussian_blur, "spatter": _spatter, "saturate": _saturate,
 }
@@ -390,12 +526,14 @@ def fingerprint(images: np.ndarray, labels: np.ndarray) -> str:
     return digest.hexdigest()[:16]
 
 
-def write_set(images: np.ndarray, labels, out, names=ALL_CORRUPTIONS, seed: int = 0, progress: bool = True) -> Path:
+def write_set(images: np.ndarray, labels, out, names=ALL_CORRUPTIONS, seed: int = 0, progress: bool = True, *,
+              jpeg_step: bool | None = None, frost_dir=None) -> Path:
     """Write the corrupted versions of a test split (uint8 N x H x W x 3, labels N) into folder `out`.
 
     Each <name>.npy is written to a temporary file and renamed when complete, so an interrupted run leaves
     no partial file behind and a rerun continues with the corruptions not done yet. A folder made for other
-    images, labels or seed is refused rather than mixed.
+    images, labels or seed, or by other code or settings (its "generator", see generator_fingerprint), is
+    refused rather than mixed. jpeg_step, frost_dir: as for `corrupt`.
     """
     from tqdm import tqdm
 
@@ -411,9 +549,12 @@ def write_set(images: np.ndarray, labels, out, names=ALL_CORRUPTIONS, seed: int 
         raise ValueError(f"write_set: unknown corruptions {unknown}" if unknown else
                          f"write_set needs as many labels as images and at least one image, got {len(labels)} "
                          f"labels for {n} images")
+    folder = frost_folder(frost_dir)
+    options = {"jpeg_step": jpeg_step, "frost_dir": GENERATED_FROST if folder is None else folder}
     info = {"fingerprint": fingerprint(images, labels), "images": n, "size": list(images.shape[1:3]),
             "seed": seed, "chunk": SET_CHUNK, "source": "generated by catchup_mix.corruptions",
-            "constants": "hendrycks/robustness make_cifar_c.py (32 px) / make_tinyimagenet_c.py (64 px)"}
+            "constants": "hendrycks/robustness make_cifar_c.py (32 px) / make_tinyimagenet_c.py (64 px)",
+            "generator": generator_fingerprint(images.shape[1], **options), "libraries": _library_versions()}
     if (out / SET_INFO).is_file():
         before = json.loads((out / SET_INFO).read_text())
         identity = ("fingerprint", "seed", "chunk")
@@ -421,6 +562,10 @@ def write_set(images: np.ndarray, labels, out, names=ALL_CORRUPTIONS, seed: int 
             raise CorruptionSetError(f"{out} holds a corrupted set of other images or another seed "
                                      f"({before.get('images')} images, seed {before.get('seed')}); "
                                      "write to another folder or delete it")
+        if before.get("generator") != info["generator"]:
+            raise CorruptionSetError(f"{out} was made by other corruption code or settings ({before.get('generator')}; "
+                                     f"now {info['generator']}): delete it to make it again, or write to another "
+                                     "folder")
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / SET_INFO, {**info, **git_state()})
     repeated = np.tile(labels, len(SEVERITIES)).astype(np.uint8 if labels.max() < 256 else np.int64)
@@ -440,7 +585,7 @@ def write_set(images: np.ndarray, labels, out, names=ALL_CORRUPTIONS, seed: int 
                     for start in starts:
                         chunk = images[start:start + SET_CHUNK]
                         array[s * n + start:s * n + start + len(chunk)] = corrupt(chunk, name, severity,
-                                                                                  [seed, start])
+                                                                                  [seed, start], **options)
                         bar.update(1)
                 array.flush()
                 del array
@@ -449,6 +594,14 @@ def write_set(images: np.ndarray, labels, out, names=ALL_CORRUPTIONS, seed: int 
                 partial.unlink(missing_ok=True)
                 raise
     return out
+
+
+def _library_versions() -> dict:
+    """The libraries whose numerics the corruptions use (Pillow's JPEG encoder above all)."""
+    import PIL
+    import scipy
+
+    return {"numpy": np.__version__, "scipy": scipy.__version__, "pillow": PIL.__version__}
 
 
 def _written(folder: Path, n: int, shape) -> list[str]:
@@ -521,9 +674,9 @@ def load_set(folder, name: str, *, expected_labels=None, image_size: int | None 
 # Benchmark
 
 
-def benchmark(num_images: int = 10_000, size: int = 32, names=CORRUPTIONS) -> list[dict]:
+def benchmark(num_images: int = 10_000, size: int = 32, names=CORRUPTIONS, **options) -> list[dict]:
     """Seconds to corrupt `num_images` synthetic test images at all 5 severities, per corruption, in chunks of
-    SET_CHUNK images as write_set does."""
+    SET_CHUNK images as write_set does. options: jpeg_step, frost_dir, as for `corrupt`."""
     from . import data
 
     per_class = -(-num_images // 10)
@@ -536,20 +689,55 @@ def benchmark(num_images: int = 10_000, size: int = 32, names=CORRUPTIONS) -> li
         start = time.perf_counter()
         for severity in SEVERITIES:
             for first in range(0, num_images, SET_CHUNK):  # in chunks, as write_set makes a set
-                corrupt(images[first:first + SET_CHUNK], name, severity, seed=[0, first])
+                corrupt(images[first:first + SET_CHUNK], name, severity, seed=[0, first], **options)
         rows.append({"corruption": name, "seconds": time.perf_counter() - start})
         print(f"{name:<18} {rows[-1]['seconds']:7.1f} s", flush=True)
     return rows
+
+
+def frost_photograph_statistics(folder, size: int) -> tuple[tuple, tuple]:
+    """RGB means and standard deviations (0-255, to 0.1) of each of FROST_PHOTOGRAPHS in `folder`, resized
+    for `size`-pixel images: what FROST_PHOTOGRAPH_STATISTICS holds."""
+    photographs = [frost_photograph(Path(folder) / name, size).reshape(-1, 3).astype(np.float64)
+                   for name in FROST_PHOTOGRAPHS]
+    return (tuple(tuple(np.round(p.mean(axis=0), 1).tolist()) for p in photographs),
+            tuple(tuple(np.round(p.std(axis=0), 1).tolist()) for p in photographs))
+
+
+def add_generator_options(parser: argparse.ArgumentParser) -> None:
+    """The command-line switches of `corrupt`'s jpeg_step and frost_dir (here and in `python -m catchup_mix
+    corrupt`)."""
+    parser.add_argument("--jpeg-step", action=argparse.BooleanOptionalAction, default=None,
+                        help="pass every corrupted image through JPEG quality 85 as Tiny-ImageNet-C was saved "
+                             "(default: for 64x64 images only, as the original)")
+    parser.add_argument("--frost-dir", metavar="DIR", help="folder with the original frost photographs "
+                        f"(frost1.png ... frost5.jpg), or {GENERATED_FROST!r} for the generated textures (default: "
+                        "the photographs of the imagecorruptions package if installed, else generated)")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m catchup_mix.corruptions",
                                      description="Time the corruptions (every severity) on synthetic images.")
     parser.add_argument("--benchmark", action="store_true", help="run the benchmark")
+    parser.add_argument("--frost-statistics", action="store_true",
+                        help="print the frost photographs' RGB means and standard deviations per image size")
     parser.add_argument("--images", type=int, default=10_000)
     parser.add_argument("--size", type=int, default=32, choices=sorted(PARAMETERS))
     parser.add_argument("--corruptions", nargs="+", default=list(CORRUPTIONS), choices=ALL_CORRUPTIONS)
+    add_generator_options(parser)
     args = parser.parse_args(argv)
+    options = {"jpeg_step": args.jpeg_step, "frost_dir": args.frost_dir}
+    try:
+        folder = frost_folder(args.frost_dir)
+    except ValueError as error:
+        parser.error(str(error))
+    if args.frost_statistics:
+        if folder is None:
+            parser.error("--frost-statistics needs the photographs: --frost-dir DIR, or pip install "
+                         "'catchup-mix[frost]'")
+        for size in PARAMETERS:
+            print(f"{size}: {frost_photograph_statistics(folder, size)}  # from {folder}")
+        return 0
     if not args.benchmark:
         parser.print_help()
         return 0
@@ -558,8 +746,9 @@ def main(argv: list[str] | None = None) -> int:
     from .provenance import describe, git_state
 
     print(f"{args.images} images of {args.size}x{args.size}, 5 severities each; "
-          f"{describe({**git_state(), 'device': f'{os.cpu_count()} CPUs'})}, torch threads {torch.get_num_threads()}")
-    rows = benchmark(args.images, args.size, args.corruptions)
+          f"{describe({**git_state(), 'device': f'{os.cpu_count()} CPUs'})}, torch threads {torch.get_num_threads()}; "
+          f"generator {generator_fingerprint(args.size, **options)}")
+    rows = benchmark(args.images, args.size, args.corruptions, **options)
     total = sum(row["seconds"] for row in rows)
     print(f"{'total':<18} {total:7.1f} s ({len(rows)} corruptions x 5 severities)")
     return 0

@@ -3,14 +3,13 @@
 The original corruption code (hendrycks/robustness) calls scikit-image, OpenCV and ImageMagick on one image
 at a time; these are the same operations written once with numpy/scipy for a whole batch: bilinear
 resampling with a border mode, the crop-and-zoom of `clipped_zoom`, ImageMagick's one-sided motion blur,
-the diamond-square plasma of `fog`, HSV conversion, OpenCV's box blur, histogram equalisation and Canny
-edges, and procedurally generated frost textures. docs/robustness.md lists where they differ from the
-libraries the original called.
+the diamond-square plasma of `fog`, HSV conversion, OpenCV's linear resize, box blur, chamfer distance
+transform, histogram equalisation and Canny edges, and procedurally generated frost textures.
+docs/robustness.md lists where they differ from the libraries the original called.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 
 import numpy as np
@@ -106,6 +105,45 @@ def clipped_zoom(images: np.ndarray, factor: float) -> np.ndarray:
     return apply_spatial(zoom_sum(images.shape[1], [factor]), images)
 
 
+_RESIZE_BITS = 11  # OpenCV's INTER_RESIZE_COEF_BITS: linear weights in units of 1/2048
+
+
+def _resize_taps(source: int, factor: float):
+    """The two source pixels and fixed-point weights of each output pixel of OpenCV's INTER_LINEAR resize along
+    one axis: output pixel o reads source coordinate (o + 0.5) / factor - 0.5 (a float32), between its two
+    neighbours; coordinates beyond the first or last pixel take that pixel."""
+    outputs = round(source * factor)  # saturate_cast<int>: rounds half to even, as Python's round
+    position = ((np.arange(outputs) + 0.5) * (1 / factor) - 0.5).astype(np.float32)
+    first = np.floor(position).astype(np.int64)
+    fraction = (position - first).astype(np.float32)
+    beyond = (first < 0) | (first >= source - 1)
+    fraction[beyond] = 0
+    first = np.clip(first, 0, source - 1)
+    one = np.float32(1 << _RESIZE_BITS)
+    weights = np.rint((np.float32(1) - fraction) * one), np.rint(fraction * one)
+    return first, np.minimum(first + 1, source - 1), *(w.astype(np.int64) for w in weights)
+
+
+def resize_linear(image: np.ndarray, factor: float) -> np.ndarray:
+    """OpenCV's resize(image, (0, 0), fx=factor, fy=factor) with INTER_LINEAR on one uint8 image (H, W, C).
+
+    Its fixed-point arithmetic: weights in 1/2048, the horizontal pass in integers, the vertical pass as
+    OpenCV's vectorised code does it (each row sum shifted right by 4, multiplied by its weight keeping the
+    high 16 bits, the two added and rounded by a shift of 2). Equal to OpenCV 4.10's and 5.0's results bit
+    for bit at the factors frost uses, 0.2 and 0.3 (tests/test_corruptions.py); within one grey level at
+    others, where OpenCV's vectorised and scalar code paths split an image's pixels differently.
+    """
+    height, width = image.shape[:2]
+    x0, x1, a0, a1 = _resize_taps(width, factor)
+    y0, y1, b0, b1 = _resize_taps(height, factor)
+    pixels = image.astype(np.int64).reshape(height, width, -1)
+    rows = pixels[:, x0] * a0[None, :, None] + pixels[:, x1] * a1[None, :, None]
+    top = ((rows[y0] >> 4) * b0[:, None, None]) >> 16
+    bottom = ((rows[y1] >> 4) * b1[:, None, None]) >> 16
+    out = np.clip((top + bottom + 2) >> 2, 0, 255).astype(np.uint8)
+    return out.reshape(len(y0), len(x0), *image.shape[2:])
+
+
 def motion_blur(images: np.ndarray, radius: float, sigma: float, angles: np.ndarray) -> np.ndarray:
     """ImageMagick's MotionBlurImage on a batch (N, H, W[, C]), one angle (degrees) per image.
 
@@ -196,13 +234,66 @@ def gaussian_blur(images: np.ndarray, sigma: float, mode: str = "nearest", trunc
 
 
 def box_blur3(images: np.ndarray) -> np.ndarray:
-    """OpenCV's blur(ksize=(3, 3)) on (N, H, W): the 3 x 3 mean, border mirrored (BORDER_REFLECT_101)."""
-    return ndimage.uniform_filter(images.astype(np.float64), size=(1, 3, 3), mode="mirror")
+    """OpenCV's blur(ksize=(3, 3)) on (N, H, W) float32 or uint8: the 3 x 3 mean, border mirrored
+    (BORDER_REFLECT_101), in the input's type as OpenCV returns it.
+
+    As OpenCV's box filter: the 9 values are summed exactly (float64 sums of float32 values, integer sums of
+    uint8 ones), the sum times 1/9 in float64 is then stored as float32, or rounded to the nearest uint8. The
+    order matters where a mean is a whole number: a float32 2.9999998 truncates to 2 where 3.0 gives 3.
+    """
+    if images.dtype not in (np.float32, np.uint8):
+        raise ValueError(f"box_blur3 takes float32 or uint8 images, as OpenCV's blur; got {images.dtype}")
+    sums = ndimage.correlate(images.astype(np.float64), np.ones((1, 3, 3)), mode="mirror")
+    if images.dtype == np.uint8:
+        return np.clip(np.rint(sums * (1 / 9)), 0, 255).astype(np.uint8)
+    return (sums * (1 / 9)).astype(np.float32)
+
+
+# OpenCV's distanceTransform(DIST_L2, mask 5): chamfer weights 1 (axial), 1.4 (diagonal) and 2.1969 (knight's
+# move), added in float32 as OpenCV 4.10 and 5.0 do
+_AXIAL, _DIAGONAL, _KNIGHT = np.float32(1.0), np.float32(1.4), np.float32(2.1969)
+_CHAMFER_MASK = ((-2, -1, _KNIGHT), (-2, 1, _KNIGHT), (-1, -2, _KNIGHT), (-1, -1, _DIAGONAL), (-1, 0, _AXIAL),
+                 (-1, 1, _DIAGONAL), (-1, 2, _KNIGHT))  # the mask's half above a pixel: (rows, columns, weight)
+_CHAMFER_FAR = np.float32(1e30)  # "no feature seen yet"
+
+
+def chamfer_distance(features: np.ndarray) -> np.ndarray:
+    """OpenCV's distanceTransform(src, DIST_L2, 5) for each image of (N, H, W): the float32 distance of every
+    pixel to the nearest True pixel of `features` (OpenCV's zero pixels) in the 5 x 5 chamfer metric.
+
+    OpenCV's two raster passes over a frame of two far pixels: forward (top-left to bottom-right) from the
+    mask's neighbours above and to the left, backward from those below and to the right. Each row's
+    neighbours in other rows are taken for the whole row and batch at once, the one beside it column by
+    column, so that the float32 sums are OpenCV's. Equal to OpenCV 4.10 and 5.0 (docs/robustness.md). An
+    image without any feature gets a very large distance (not OpenCV's; spatter truncates at 20 either way).
+    """
+    n, height, width = features.shape
+    pad = 2
+    distance = np.full((n, height + 2 * pad, width + 2 * pad), _CHAMFER_FAR, dtype=np.float32)
+    inside = slice(pad, pad + width)
+    for rows, direction in ((range(height), 1), (range(height - 1, -1, -1), -1)):
+        for row in rows:
+            i = row + pad
+            if direction == 1:
+                candidate = np.where(features[:, row], np.float32(0), _CHAMFER_FAR)
+            else:
+                candidate = distance[:, i, inside]  # the forward pass's values
+            for dy, dx, weight in _CHAMFER_MASK:  # backward: the same mask turned by 180 degrees
+                dy, dx = dy * direction, dx * direction
+                candidate = np.minimum(candidate, distance[:, i + dy, pad + dx:pad + dx + width] + weight)
+            line = distance[:, i]
+            line[:, inside] = candidate
+            columns = range(pad, pad + width) if direction == 1 else range(pad + width - 1, pad - 1, -1)
+            for j in columns:  # the neighbour in the same row, already final: one column at a time
+                np.minimum(line[:, j], line[:, j - direction] + _AXIAL, out=line[:, j])
+    return distance[:, pad:pad + height, inside]
 
 
 def equalize_histogram(images: np.ndarray) -> np.ndarray:
-    """OpenCV's equalizeHist on each uint8 image of (N, H, W): lut[v] = round(255 (cdf(v) - cdf(lowest)) /
-    (pixels - count(lowest))), lowest being the smallest value present; a constant image is left as is."""
+    """OpenCV's equalizeHist on each uint8 image of (N, H, W): lut[v] = round((cdf(v) - cdf(lowest)) x
+    255 / (pixels - count(lowest))), lowest being the smallest value present, in float32 as OpenCV computes
+    it (a quotient that is exactly k + 0.5 in real numbers rounds as its float32 value does); a constant
+    image is left as is."""
     n = images.shape[0]
     pixels = images[0].size
     counts = np.bincount((images.reshape(n, -1) + 256 * np.arange(n)[:, None]).ravel(), minlength=256 * n)
@@ -210,9 +301,9 @@ def equalize_histogram(images: np.ndarray) -> np.ndarray:
     lowest = (counts > 0).argmax(axis=1)
     lowest_count = counts[np.arange(n), lowest]
     cdf = np.cumsum(counts, axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        scale = np.where(lowest_count < pixels, 255 / (pixels - lowest_count), 0.0)
-    lut = np.clip(np.rint((cdf - lowest_count[:, None]) * scale[:, None]), 0, 255).astype(np.uint8)
+    scale = np.float32(255) / np.maximum(pixels - lowest_count, 1).astype(np.float32)
+    lut = np.rint((cdf - lowest_count[:, None]).astype(np.float32) * scale[:, None])
+    lut = np.clip(lut, 0, 255).astype(np.uint8)
     constant = lowest_count == pixels
     lut[constant] = np.arange(256, dtype=np.uint8)
     return np.take_along_axis(lut, images.reshape(n, -1).astype(np.int64), axis=1).reshape(images.shape)
@@ -256,22 +347,24 @@ def canny(images: np.ndarray, low: float, high: float) -> np.ndarray:
     return connected[components]
 
 
-FROST_TEXTURE_COUNT = 5  # the original drew one of its first 5 photographs (np.random.randint(5))
 FROST_SEED = 20190101  # fixed: the textures are part of the benchmark's definition, like the photographs
 
 
-@functools.lru_cache(maxsize=4)
-def frost_textures(image_size: int) -> np.ndarray:
-    """FROST_TEXTURE_COUNT textures (K, 10 s, 10 s, 3) uint8 for images of size s: ice needles in the three
-    directions of hexagonal ice, each with side branches at 60 degrees, over a cloudy haze, tinted blue.
+def frost_textures(image_size: int, means: tuple, stds: tuple) -> np.ndarray:
+    """Textures (K, 10 s, 10 s, 3) uint8 for images of size s, one per (mean, std) pair: ice needles in the
+    three directions of hexagonal ice, each with side branches at 60 degrees, over a cloudy haze.
 
-    Generated here from FROST_SEED (our code, our licence) because the original's photographs (frost1.png ...
-    frost6.jpg, from the web) cannot be shipped; the statistics of the two differ (docs/robustness.md).
+    Generated from FROST_SEED (our code, our licence) as a stand-in for the original's frost photographs;
+    texture k is then mapped, channel by channel, to mean means[k] and standard deviation stds[k] (RGB,
+    0-255): the statistics of photograph k (corruptions.FROST_PHOTOGRAPH_STATISTICS), so that frost changes
+    an image by about as much as with the photographs (docs/robustness.md).
     """
+    if len(means) != len(stds):
+        raise ValueError(f"frost_textures needs one std per mean, got {len(means)} means and {len(stds)} stds")
     rng = np.random.default_rng(FROST_SEED)
     side = 10 * image_size
     textures = []
-    for _ in range(FROST_TEXTURE_COUNT):
+    for mean, std in zip(means, stds, strict=True):
         haze = ndimage.gaussian_filter(rng.random((side, side)), side / 30, mode="wrap")
         haze = (haze - haze.min()) / (haze.max() - haze.min())
         # needles grow where the haze is dense: clumps of crystals and clearer patches, as on a frozen pane
@@ -292,9 +385,25 @@ def frost_textures(image_size: int) -> np.ndarray:
             inside = steps[None, :] <= extent[:, None]
             x = (base[:, 0, None] + steps * np.cos(direction)[:, None])[inside]
             y = (base[:, 1, None] + steps * np.sin(direction)[:, None])[inside]
-            np.add.at(canvas, (np.round(y).astype(np.int64) % side, np.round(x).astype(np.int64) % side), 1.0)
+            flat = (np.round(y).astype(np.int64) % side) * side + np.round(x).astype(np.int64) % side
+            canvas += np.bincount(flat, minlength=side * side).reshape(side, side)
         crystals = 1 - np.exp(-ndimage.gaussian_filter(canvas, 0.6, mode="wrap") * 1.5)
-        value = np.clip(0.12 + 0.35 * haze + 0.75 * crystals, 0, 1)
-        tint = np.array([0.80, 0.90, 1.00])
-        textures.append(np.round(255 * value[..., None] * tint).astype(np.uint8))
+        value = 0.35 * haze + 0.75 * crystals
+        textures.append(_match_statistics(value, mean, std))
     return np.stack(textures)
+
+
+def _match_statistics(value: np.ndarray, mean, std, rounds: int = 6) -> np.ndarray:
+    """A grey texture (H, W) as uint8 RGB whose channels have the given means and standard deviations:
+    scale * value + shift per channel, clipped to 0-255; scale and shift refined a few times because the
+    clipping moves the statistics."""
+    channels = []
+    for target_mean, target_std in zip(mean, std, strict=True):
+        scale = target_std / value.std()
+        shift = target_mean - scale * value.mean()
+        for _ in range(rounds):
+            channel = np.clip(value * scale + shift, 0, 255)
+            scale *= target_std / max(channel.std(), 1e-6)
+            shift += target_mean - channel.mean()
+        channels.append(np.round(np.clip(value * scale + shift, 0, 255)).astype(np.uint8))
+    return np.stack(channels, axis=-1)

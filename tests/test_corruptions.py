@@ -12,12 +12,19 @@ from catchup_mix import corruptions, data, image_ops
 from catchup_mix.__main__ import main as cli
 from catchup_mix.corruptions import (
     ALL_CORRUPTIONS,
+    FROST_PHOTOGRAPH_STATISTICS,
     PARAMETERS,
     CorruptionSetError,
     corrupt,
+    generator_fingerprint,
     load_set,
     write_set,
 )
+
+# The original frost photographs, from the imagecorruptions package (the `frost` and `dev` extras)
+PHOTOGRAPHS = corruptions.frost_folder()
+needs_photographs = pytest.mark.skipif(PHOTOGRAPHS is None, reason="the frost photographs (pip install "
+                                                                   "'catchup-mix[frost]') are not installed")
 
 # corruptions without any random draw: the seed cannot change them
 DETERMINISTIC = {"defocus_blur", "zoom_blur", "brightness", "contrast", "pixelate", "jpeg_compression",
@@ -81,19 +88,20 @@ def test_elastic_transform_bends_more_at_higher_severity():
 def test_noise_corruptions_have_the_documented_spread(size):
     x = grey(128, size=size)
     value = 128 / 255
+    raw = {"jpeg_step": False}  # the noise itself, before Tiny-ImageNet-C's JPEG step
     for severity in corruptions.SEVERITIES:
         sigma = PARAMETERS[size]["gaussian_noise"][severity - 1]
-        noise = corrupt(x, "gaussian_noise", severity).astype(float) / 255 - value
+        noise = corrupt(x, "gaussian_noise", severity, **raw).astype(float) / 255 - value
         assert noise.std() == pytest.approx(sigma, rel=0.03)
         assert noise.mean() == pytest.approx(-0.5 / 255, abs=0.002)  # the original truncates to uint8
         photons = PARAMETERS[size]["shot_noise"][severity - 1]
-        shot = corrupt(x, "shot_noise", severity).astype(float) / 255 - value
+        shot = corrupt(x, "shot_noise", severity, **raw).astype(float) / 255 - value
         assert shot.std() == pytest.approx(np.sqrt(value / photons), rel=0.03)  # Poisson: variance = mean
         speckle = PARAMETERS[size]["speckle_noise"][severity - 1]
-        multiplied = corrupt(x, "speckle_noise", severity).astype(float) / 255 - value
+        multiplied = corrupt(x, "speckle_noise", severity, **raw).astype(float) / 255 - value
         assert multiplied.std() == pytest.approx(value * speckle, rel=0.03)
         amount = PARAMETERS[size]["impulse_noise"][severity - 1]
-        impulses = corrupt(x, "impulse_noise", severity)
+        impulses = corrupt(x, "impulse_noise", severity, **raw)
         assert set(np.unique(impulses)) == {0, 128, 255}
         assert (impulses != 128).mean() == pytest.approx(amount, rel=0.1)
         assert (impulses == 255).mean() == pytest.approx(amount / 2, rel=0.15)  # salt and pepper half each
@@ -194,6 +202,197 @@ def test_hsv_round_trip_and_plasma_range():
     assert np.allclose(heights.min(axis=(1, 2)), 0) and np.allclose(heights.max(axis=(1, 2)), 1)
 
 
+def pillow_jpeg(batch, quality, **options):
+    out = []
+    for image in batch:
+        buffer = io.BytesIO()
+        Image.fromarray(image).save(buffer, "JPEG", quality=quality, **options)
+        out.append(np.asarray(Image.open(buffer)))
+    return np.stack(out)
+
+
+def test_jpeg_step_is_the_original_tiny_imagenet_save_and_on_for_64_pixels_only(images):
+    large = images[:6].repeat(2, axis=1).repeat(2, axis=2)
+    for name, severity in (("gaussian_noise", 3), ("fog", 2), ("jpeg_compression", 5)):
+        without = corrupt(large, name, severity, seed=1, jpeg_step=False)
+        # the original saved with optimize=True: a shorter Huffman code, the same decoded pixels
+        expected = pillow_jpeg(without, 85, optimize=True)
+        assert np.array_equal(expected, pillow_jpeg(without, 85))
+        assert np.array_equal(corrupt(large, name, severity, seed=1), expected), name  # 64 px: on by default
+        assert not np.array_equal(expected, without), name
+        small = images[:6]
+        assert np.array_equal(corrupt(small, name, severity, seed=1),  # 32 px: off by default, as CIFAR-C
+                              corrupt(small, name, severity, seed=1, jpeg_step=False))
+        assert np.array_equal(corrupt(small, name, severity, seed=1, jpeg_step=True),
+                              pillow_jpeg(corrupt(small, name, severity, seed=1), 85))
+
+
+def crop_position(picture: np.ndarray, crop: np.ndarray):
+    """(row, column) of a place where `crop` lies in `picture` as the original's randint can place it (the
+    last row and column of start positions excluded), or None."""
+    size = crop.shape[0]
+    rows, columns = picture.shape[0] - size, picture.shape[1] - size
+    for row, column in np.argwhere((picture[:rows, :columns] == crop[0, 0]).all(axis=-1)):
+        if np.array_equal(picture[row:row + size, column:column + size], crop):
+            return row, column
+    return None
+
+
+@needs_photographs
+def test_frost_blends_crops_of_the_original_photographs_resized_as_the_original():
+    black = np.zeros((8, 32, 32, 3), dtype=np.uint8)
+    weight = PARAMETERS[32]["frost"][0][1]  # severity 1: 1 x image + 0.2 x frost, truncated to uint8
+    out = corrupt(black, "frost", 1, seed=3, frost_dir=PHOTOGRAPHS)
+    photographs = [corruptions.frost_photograph(PHOTOGRAPHS / name, 32) for name in corruptions.FROST_PHOTOGRAPHS]
+    assert [p.shape for p in photographs] == [(120, 180, 3), (63, 112, 3), (63, 112, 3), (70, 105, 3), (99, 132, 3)]
+    blended = [(weight * p.astype(np.float64)).astype(np.uint8) for p in photographs]
+    found = [next((k for k, picture in enumerate(blended) if crop_position(picture, image) is not None), None)
+             for image in out]
+    assert None not in found and len(set(found)) > 1  # each image: a crop of one of the five photographs
+
+
+def test_generated_frost_textures_have_the_photographs_statistics():
+    for size in (32, 64):
+        means, stds = FROST_PHOTOGRAPH_STATISTICS[size]
+        textures = image_ops.frost_textures(size, means, stds).reshape(len(means), -1, 3).astype(np.float64)
+        np.testing.assert_allclose(textures.mean(axis=1), means, atol=0.5)
+        np.testing.assert_allclose(textures.std(axis=1), stds, atol=0.5)
+
+
+@needs_photographs
+def test_frost_statistics_are_the_photographs_and_generated_frost_is_as_strong(images):
+    for size in (32, 64):
+        assert corruptions.frost_photograph_statistics(PHOTOGRAPHS, size) == FROST_PHOTOGRAPH_STATISTICS[size]
+    batch = np.repeat(images, 25, axis=0)  # 600 images: the crops' draws average out to about 2%
+    for severity in (1, 3, 5):
+        change = {source: np.abs(corrupt(batch, "frost", severity, seed=0, frost_dir=source).astype(float)
+                                 - batch).mean() for source in (PHOTOGRAPHS, "generated")}
+        assert change["generated"] / change[PHOTOGRAPHS] == pytest.approx(1, abs=0.06), severity
+
+
+def test_frost_source_options_and_their_errors(tmp_path, images):
+    with pytest.raises(ValueError, match="lacks the frost photographs frost1.png.*catchup-mix\\[frost\\]"):
+        corrupt(images, "frost", 1, frost_dir=tmp_path)
+    with pytest.raises(ValueError, match="lacks the frost photographs"):
+        generator_fingerprint(32, frost_dir=tmp_path)
+    generated = generator_fingerprint(32, frost_dir="generated")
+    assert generated["frost"] == "generated" and generated["frost_files"] is None
+    assert not generated["jpeg_step"] and generator_fingerprint(64, frost_dir="generated")["jpeg_step"]
+    assert generator_fingerprint(64, jpeg_step=False, frost_dir="generated")["jpeg_step"] is False
+    with pytest.raises(ValueError, match="not 48"):
+        generator_fingerprint(48)
+    assert generator_fingerprint(32)["frost"] == ("generated" if PHOTOGRAPHS is None else "photographs")
+    if PHOTOGRAPHS is not None:  # a copy of the photographs is recognised; another photograph changes the hash
+        for name in corruptions.FROST_PHOTOGRAPHS:
+            (tmp_path / name).write_bytes((PHOTOGRAPHS / name).read_bytes())
+        copy = generator_fingerprint(32, frost_dir=tmp_path)
+        assert copy == generator_fingerprint(32, frost_dir=PHOTOGRAPHS) and copy["frost"] == "photographs"
+        (tmp_path / "frost4.jpg").write_bytes((PHOTOGRAPHS / "frost5.jpg").read_bytes())
+        assert generator_fingerprint(32, frost_dir=tmp_path)["frost_files"] != copy["frost_files"]
+
+
+def test_code_fingerprint_changes_with_the_code_not_with_line_ends(tmp_path):
+    source = [(image_ops.__file__, "image_ops.py"), (corruptions.__file__, "corruptions.py")]
+    for path, name in source:
+        (tmp_path / name).write_bytes(open(path, "rb").read().replace(b"\n", b"\r\n"))
+    names = ("corruptions.py", "image_ops.py")
+    here = corruptions.Path(corruptions.__file__).parent
+    assert corruptions._files_fingerprint(tmp_path, names, text=True) == generator_fingerprint(32)["code"]
+    assert corruptions._files_fingerprint(here, names, text=True) == generator_fingerprint(32)["code"]
+    (tmp_path / "image_ops.py").write_bytes((tmp_path / "image_ops.py").read_bytes() + b"# changed\r\n")
+    assert corruptions._files_fingerprint(tmp_path, names, text=True) != generator_fingerprint(32)["code"]
+
+
+# ---------------------------------------------------------------------------------------------------
+# The OpenCV operations the original calls, against OpenCV itself (installed with the dev extra)
+
+
+def test_resize_linear_equals_opencv_at_the_frost_factors():
+    cv2 = pytest.importorskip("cv2")
+    rng = np.random.default_rng(4)
+    pictures = [rng.integers(0, 256, shape, dtype=np.uint8) for shape in ((37, 53, 3), (120, 90, 3), (64, 64, 3))]
+    if PHOTOGRAPHS is not None:
+        pictures += [cv2.imread(str(PHOTOGRAPHS / name))[..., ::-1] for name in corruptions.FROST_PHOTOGRAPHS]
+    for picture in pictures:
+        for factor in (0.2, 0.3):
+            assert np.array_equal(image_ops.resize_linear(picture, factor),
+                                  cv2.resize(np.ascontiguousarray(picture), (0, 0), fx=factor, fy=factor))
+
+
+def test_chamfer_distance_blur_and_equalisation_equal_opencv():
+    cv2 = pytest.importorskip("cv2")
+    rng = np.random.default_rng(5)
+    edges = rng.random((40, 32, 32)) > rng.uniform(0.9, 0.999, (40, 1, 1))
+    edges[0] = False  # no edge at all: both truncate to 20
+    edges[1] = True
+    ours = image_ops.chamfer_distance(edges)
+    theirs = np.stack([cv2.distanceTransform(255 * (~e).astype(np.uint8), cv2.DIST_L2, 5) for e in edges])
+    assert ours.dtype == np.float32
+    assert np.array_equal(np.minimum(ours, 20), np.minimum(theirs, 20))
+    truncated = np.minimum(theirs, np.float32(20))
+    blurred = image_ops.box_blur3(truncated)
+    assert blurred.dtype == np.float32
+    assert np.array_equal(blurred, np.stack([cv2.blur(d, (3, 3)) for d in truncated]))
+    levels = rng.integers(0, 256, (20, 32, 32), dtype=np.uint8)
+    assert np.array_equal(image_ops.box_blur3(levels), np.stack([cv2.blur(v, (3, 3)) for v in levels]))
+    # equalisation, with a value whose real quotient is exactly k + 0.5 (255 x 286 / 748 = 97.5): rounded as
+    # OpenCV's float32 product is
+    tie = np.repeat(np.arange(8, dtype=np.uint8), [276, 286, 205, 121, 64, 39, 30, 3])[None].reshape(1, 32, 32)
+    small = blurred.astype(np.uint8)
+    for batch in (small, tie, levels):
+        assert np.array_equal(image_ops.equalize_histogram(batch), np.stack([cv2.equalizeHist(v) for v in batch]))
+
+
+def test_canny_equals_opencv():
+    cv2 = pytest.importorskip("cv2")
+    rng = np.random.default_rng(6)
+    smooth = ndimage.gaussian_filter(rng.normal(0.65, 0.2, (30, 32, 32)), (0, 1, 1), mode="nearest")
+    levels = (np.clip(smooth, 0, 1) * 255).astype(np.uint8)
+    noisy = rng.integers(0, 256, (10, 32, 32), dtype=np.uint8)
+    for batch in (levels, noisy):
+        expected = np.stack([cv2.Canny(v, 50, 150) > 0 for v in batch])
+        assert np.array_equal(image_ops.canny(batch, 50, 150), expected)
+
+
+class FixedNormal:
+    """A Generator stand-in whose normal() returns given values: the original's np.random.normal draws."""
+
+    def __init__(self, values):
+        self.values = values
+
+    def normal(self, size, loc, scale):
+        assert size == self.values.shape
+        return self.values.copy()
+
+
+def test_spatter_equals_the_original_opencv_chain_on_the_same_liquid_layer(images):
+    cv2 = pytest.importorskip("cv2")
+
+    def original_water(image, parameter, noise):  # make_cifar_c.py's spatter, water branch, written out
+        _, _, sigma, threshold, intensity, _ = parameter
+        x = image.astype(np.float32) / 255.0
+        liquid = ndimage.gaussian_filter(noise, sigma, mode="nearest")  # scikit-image's gaussian
+        liquid[liquid < threshold] = 0
+        liquid = (liquid * 255).astype(np.int64).astype(np.uint8)  # the original's wrap-around on x86
+        distance = cv2.distanceTransform(255 - cv2.Canny(liquid, 50, 150), cv2.DIST_L2, 5)
+        _, distance = cv2.threshold(distance, 20, 20, cv2.THRESH_TRUNC)
+        distance = cv2.equalizeHist(cv2.blur(distance, (3, 3)).astype(np.uint8))
+        distance = cv2.filter2D(distance, cv2.CV_8U, np.array([[-2, -1, 0], [-1, 1, 1], [0, 1, 2]]))
+        distance = cv2.blur(distance, (3, 3)).astype(np.float32)
+        shade = liquid * distance
+        shade = shade / shade.max() * intensity
+        colour = np.array([175 / 255.0, 238 / 255.0, 238 / 255.0]).astype(np.float32)
+        return np.uint8(np.clip(x + shade[..., None] * colour, 0, 1) * 255)
+
+    batch = np.repeat(images, 4, axis=0)
+    for severity in (1, 2, 3):
+        parameter = PARAMETERS[32]["spatter"][severity - 1]
+        noise = np.random.default_rng(severity).normal(parameter[0], parameter[1], (len(batch), 32, 32))
+        ours = corruptions._spatter(batch, parameter, FixedNormal(noise))
+        expected = np.stack([original_water(image, parameter, z) for image, z in zip(batch, noise, strict=True)])
+        assert np.array_equal(ours, expected), severity
+
+
 def test_bad_arguments_are_refused_with_what_is_allowed(images):
     with pytest.raises(ValueError, match="available: gaussian_noise"):
         corrupt(images, "rain", 1)
@@ -221,8 +420,16 @@ def test_written_set_has_the_official_layout_and_loads_back(tmp_path, images):
         assert np.array_equal(loaded[severity - 1], corrupt(images, "gaussian_noise", severity, [3, 0]))
     info = json.loads((tmp_path / "set" / corruptions.SET_INFO).read_text())
     assert info["seed"] == 3 and info["images"] == len(images) and info["commit"]
+    assert info["generator"] == generator_fingerprint(32) and set(info["libraries"]) == {"numpy", "scipy", "pillow"}
     with pytest.raises(CorruptionSetError, match="other images or another seed"):
         write_set(images, labels, tmp_path / "set", ["fog"], seed=4, progress=False)
+    # made with other settings (or by other code): refused, not mixed
+    with pytest.raises(CorruptionSetError, match="other corruption code or settings.*delete it"):
+        write_set(images, labels, tmp_path / "set", ["fog"], seed=3, progress=False, jpeg_step=True)
+    stale = {**info, "generator": {**info["generator"], "code": "0123456789ab"}}
+    (tmp_path / "set" / corruptions.SET_INFO).write_text(json.dumps(stale))
+    with pytest.raises(CorruptionSetError, match="other corruption code"):
+        write_set(images, labels, tmp_path / "set", ["fog"], seed=3, progress=False)
 
 
 def test_an_interrupted_set_resumes_and_keeps_finished_files(tmp_path, images, monkeypatch):
@@ -230,11 +437,11 @@ def test_an_interrupted_set_resumes_and_keeps_finished_files(tmp_path, images, m
     calls = []
     original = corruptions.corrupt
 
-    def failing(batch, name, severity, seed=0):
+    def failing(batch, name, severity, seed=0, **options):
         calls.append(name)
         if name == "fog":
             raise KeyboardInterrupt
-        return original(batch, name, severity, seed)
+        return original(batch, name, severity, seed, **options)
 
     monkeypatch.setattr(corruptions, "corrupt", failing)
     with pytest.raises(KeyboardInterrupt):
@@ -288,6 +495,16 @@ def test_corrupt_command_writes_a_set_and_reports_bad_input(tmp_path, capsys):
     assert "unknown corruptions rain" in capsys.readouterr().err
     assert cli(["corrupt", "--dataset", "cifar100", "--out", str(out)]) == 2
     assert "pass root" in capsys.readouterr().err
+    # the generator's switches: the set records them
+    switched = tmp_path / "switched"
+    assert cli(["corrupt", "--dataset", "synthetic", "--num-classes", "2", "--test-per-class", "1", "--out",
+                str(switched), "--corruptions", "frost", "--jpeg-step", "--frost-dir", "generated"]) == 0
+    assert "frost generated, JPEG step on" in capsys.readouterr().out
+    info = json.loads((switched / corruptions.SET_INFO).read_text())
+    assert info["generator"] == generator_fingerprint(32, jpeg_step=True, frost_dir="generated")
+    assert cli(["corrupt", "--dataset", "synthetic", "--out", str(tmp_path / "x"), "--frost-dir",
+                str(tmp_path / "nowhere")]) == 2
+    assert "lacks the frost photographs" in capsys.readouterr().err
 
 
 def test_benchmark_prints_a_time_per_corruption_and_the_total(capsys):
