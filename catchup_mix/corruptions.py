@@ -224,6 +224,23 @@ def generator_fingerprint(size: int, *, jpeg_step: bool | None = None, frost_dir
             "jpeg_step": _jpeg_step_on(jpeg_step, size)}
 
 
+@functools.lru_cache(maxsize=8)
+def output_fingerprint(size: int, *, jpeg_step: bool | None = None, frost_dir=None) -> str:
+    """12 hex digits of what the corruptions make here and now: the hash of every corruption at every severity
+    of a fixed seeded batch of two `size`-pixel images (under half a second). It changes when an output
+    changes (the code, the frost textures, a library's numerics), and not when an edit leaves every output as
+    it was, where generator_fingerprint's code hash changes with any edit: a measurement keyed on it is
+    redone only when the corrupted images would differ."""
+    import hashlib
+
+    images = np.random.default_rng(0).integers(0, 256, (2, size, size, 3), dtype=np.uint8)
+    digest = hashlib.sha256()
+    for name in ALL_CORRUPTIONS:
+        for severity in SEVERITIES:
+            digest.update(corrupt(images, name, severity, seed=0, jpeg_step=jpeg_step, frost_dir=frost_dir).tobytes())
+    return digest.hexdigest()[:12]
+
+
 @functools.lru_cache(maxsize=1)
 def _code_fingerprint() -> str:
     here = Path(__file__).parent
@@ -594,6 +611,18 @@ def write_set(images: np.ndarray, labels, out, names=ALL_CORRUPTIONS, seed: int 
                 partial.unlink(missing_ok=True)
                 raise
     return out
+
+
+def set_for(images: np.ndarray, labels, root, names=CORRUPTIONS, seed: int = 0, **options) -> Path:
+    """The corrupted set of these images (uint8 N x H x W x 3) under `root`, in a folder named by the images
+    and by what makes it (generator_fingerprint): written the first time, found after that, and made anew in a
+    new folder when the code changes, so callers that share a set never hit write_set's refusal. options:
+    jpeg_step, frost_dir."""
+    import hashlib
+
+    made_by = json.dumps(generator_fingerprint(images.shape[1], **options), sort_keys=True).encode()
+    folder = Path(root) / f"{fingerprint(images, labels)}-{hashlib.sha256(made_by).hexdigest()[:12]}"
+    return write_set(images, labels, folder, names, seed=seed, progress=False, **options)
 
 
 def _library_versions() -> dict:

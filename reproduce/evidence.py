@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from catchup_mix import analysis, corruptions, data, image_ops, methods, robustness
+from catchup_mix import analysis, corruptions, data, methods, robustness
 
 from .runner import Run
 
@@ -136,15 +136,19 @@ class Measurement:
         self.data_root = settings.data_root
 
     def part_settings(self, part: str) -> dict:
-        extra = {"generator": corruption_generator()} if part == "corruptions" else {}
-        return {"part": part, **self.plan[part], "seed": SUBSET_SEED, **extra}
+        return {"part": part, **self.plan[part], "seed": SUBSET_SEED}
 
     def key(self, part: str) -> str:
         return settings_key(self.part_settings(part))
 
     def missing(self, result: dict) -> list[str]:
+        """The parts not stored with today's settings, and the corruptions if their images were made by code
+        that corrupts differently from today's (a different output fingerprint: redone, on this machine)."""
         stored = result.get("measurements", {})
-        return [part for part in self.plan if self.key(part) not in stored.get(part, {})]
+        entries = {part: stored.get(part, {}).get(self.key(part)) for part in self.plan}
+        made = entries["corruptions"] and entries["corruptions"]["numbers"]
+        stale = bool(made) and made.get("output_fingerprint") != corruptions.output_fingerprint(made["set_info"]["size"][0])
+        return [part for part, entry in entries.items() if entry is None or (part == "corruptions" and stale)]
 
     def __call__(self, run, result_path: Path, checkpoint: Path) -> None:
         from catchup_mix import provenance
@@ -167,15 +171,12 @@ class Measurement:
                                              "checkpoint": {"epoch": loaded.epoch, **made}})
             print(f"[evidence] {run.name}: {part} measured in {seconds:.0f} s", flush=True)
 
-    def corruption_set(self, loaded, images: torch.Tensor, labels: torch.Tensor) -> Path:
+    def corruption_set(self, images: torch.Tensor, labels: torch.Tensor) -> Path:
         """The corrupted versions of the fixed subset, generated once per machine and code version and shared by
         every run (write_set lets several processes share the work)."""
-        pixels = images.permute(0, 2, 3, 1).numpy()
-        folder = (self.out / "runs" / self.scale / "corruptions" /
-                  f"evidence-{corruptions.fingerprint(pixels, labels.numpy())}-{corruption_generator()}")
-        corruptions.write_set(pixels, labels.numpy(), folder, self.plan["corruptions"]["corruptions"], seed=SUBSET_SEED,
-                              progress=False)
-        return folder
+        return corruptions.set_for(images.permute(0, 2, 3, 1).numpy(), labels.numpy(),
+                                   self.out / "runs" / self.scale / "corruptions",
+                                   self.plan["corruptions"]["corruptions"], seed=SUBSET_SEED)
 
     def ood_root(self, loaded) -> str | None:
         """Where the other datasets lie: beside the training data (`unpack data` puts CIFAR-10 and
@@ -186,15 +187,6 @@ class Measurement:
 
 def settings_key(settings: dict) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
-
-
-def corruption_generator() -> str:
-    """A fingerprint of the code that generates the corrupted images: a stored corruption measurement made by
-    other code is measured again."""
-    digest = hashlib.sha256()
-    for module in (corruptions, image_ops):
-        digest.update(Path(module.__file__).read_bytes())
-    return digest.hexdigest()[:12]
 
 
 def _subset(loaded, count):
@@ -232,11 +224,12 @@ def _measure_corruptions(measurement, loaded, pixel_model, plan):
     dataset = loaded.dataset
     index = data.balanced_indices(dataset.test.labels, plan["images"], SUBSET_SEED)
     split = dataset.test.subset(index)
-    folder = measurement.corruption_set(loaded, split.images, split.labels)
+    folder = measurement.corruption_set(split.images, split.labels)
     numbers = robustness.corruption_accuracies(pixel_model, folder, plan["corruptions"], split.labels,
                                                dataset.crop_size, severities=plan["severities"], **_options(loaded))
     images = robustness._center_crop(split.images, dataset.crop_size)
     numbers["clean"] = _clean_accuracy(pixel_model, images, split.labels, loaded)
+    numbers["output_fingerprint"] = corruptions.output_fingerprint(split.images.shape[-1])
     return numbers, data.describe_subset(dataset.test.labels, index, SUBSET_SEED)
 
 

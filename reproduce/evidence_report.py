@@ -51,6 +51,7 @@ def run_numbers(result: dict, measurement) -> dict:
         numbers["corruptions"] = part["mean"]
         numbers |= {f"corruptions severity {s}": v for s, v in part["per_severity"].items()}
         numbers["corruptions clean"] = part["clean"]
+        numbers["corruptions made by"] = part.get("output_fingerprint")
         numbers["corruption errors"] = {name: [100 - row[s] for s in part["per_severity"]]
                                         for name, row in part["per_corruption"].items()}
     if "deformations" in parts:
@@ -77,6 +78,25 @@ def run_numbers(result: dict, measurement) -> dict:
         if per_layer:
             numbers[f"{statistic} mean"] = statistics.mean(per_layer)
     return numbers
+
+
+def keep_one_corruption_set(numbers: dict) -> list[str]:
+    """Corruption numbers of the runs whose corrupted images were made like most runs' (the same output
+    fingerprint): the others' are dropped, so a table never compares accuracies on different images. Returns
+    the runs dropped."""
+    made = [run.get("corruptions made by") for seeds in numbers.values() for run in seeds.values()]
+    made = [fingerprint for fingerprint in made if fingerprint is not None]
+    if not made:
+        return []
+    common = max(set(made), key=made.count)
+    dropped = []
+    for label, seeds in numbers.items():
+        for seed, run in seeds.items():
+            if run.get("corruptions made by") not in (None, common):
+                dropped.append(f"{label} seed {seed}")
+                for key in [key for key in run if key.startswith("corruption")]:
+                    del run[key]
+    return dropped
 
 
 def add_mce(numbers: dict) -> None:
@@ -194,6 +214,7 @@ def render(settings, results, measurement_unused) -> list:
         if result is not None:
             numbers[run.labels["run_type"]][run.seed] = run_numbers(result, measurement)
             stored[run.labels["run_type"]][run.seed] = result
+    excluded = keep_one_corruption_set(numbers)
     add_mce(numbers)
     types = list(dict.fromkeys(run.labels["run_type"] for run, _ in results))
     hook_points = sorted({key.split()[-1] for runs in numbers.values() for run in runs.values()
@@ -237,7 +258,9 @@ def render(settings, results, measurement_unused) -> list:
          "Dietterich (2019) with vanilla at the same seed in AlexNet's place (vanilla = 100). Deformations: the mean "
          f"over {', '.join(plan['deformations']['deformations'])} on {plan['deformations']['images']} images. OOD: "
          f"{plan['ood']['images']} CIFAR-10 test images against {plan['ood']['images']} of each of "
-         f"{', '.join(ood_sets)} (Tiny-ImageNet val resized to 32x32). ECE: 15 bins, the whole test set."])
+         f"{', '.join(ood_sets)} (Tiny-ImageNet val resized to 32x32). ECE: 15 bins, the whole test set.",
+         "Corruption numbers left out because their images were made by code that corrupts differently from "
+         f"most runs' (run the command again to measure them on today's): {', '.join(excluded) or 'none'}."])
     mechanism = []
     for statistic, label, scale, digits in MECHANISM_STATISTICS:
         mechanism += claim_tables(f"Claim 3, mechanism: {label}, per hook point", types, numbers,

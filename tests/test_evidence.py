@@ -7,6 +7,7 @@ from pathlib import Path
 import matplotlib.image
 import pytest
 
+from catchup_mix import corruptions
 from reproduce import artifacts, evidence, evidence_report, runner
 from reproduce.__main__ import main as reproduce_main
 
@@ -63,7 +64,9 @@ def test_each_run_measures_itself_and_the_tables_answer_the_three_claims(tmp_pat
         assert hessian["eigenvalue_residual"] >= 0 and hessian["trace_stderr"] >= 0
         reliance = parts["reliance"][measurement.key("reliance")]["numbers"]["3"]
         assert len(reliance["random_draws"][1]) == 2 and reliance["channels_zeroed"][0] == 0
-        assert parts["corruptions"][measurement.key("corruptions")]["settings"]["generator"]
+        made = parts["corruptions"][measurement.key("corruptions")]["numbers"]
+        assert made["output_fingerprint"] == corruptions.output_fingerprint(32)
+        assert made["set_info"]["generator"] == corruptions.generator_fingerprint(32)
         # the probe ran after every epoch: Gini and lagging over the epochs are in the history
         assert all("filter_lagging_0.5" in row for row in result["history"])
     markdown = (tmp_path / "tables" / "smoke" / "evidence.md").read_text()
@@ -144,6 +147,22 @@ def test_numbers_measured_with_other_settings_are_not_mixed_in(tmp_path, tiny_ev
     evidence.MEASUREMENTS["smoke"] = changed
     numbers = evidence_report.run_numbers(result, evidence.Measurement(settings))
     assert "fgsm 8/255" not in numbers and "pgd 8/255" in numbers  # only the part whose settings changed
+
+
+def test_corruptions_made_differently_are_measured_again_and_never_mixed(tmp_path, tiny_evidence, monkeypatch):
+    assert reproduce_main(["evidence", "--scale", "smoke", "--out", str(tmp_path)]) == 0
+    settings = artifacts.Settings("smoke", [0], tmp_path)
+    results = stored_results(tmp_path)
+    assert all(evidence.Measurement(settings).missing(r) == [] for r in results.values())
+    monkeypatch.setattr(corruptions, "output_fingerprint", lambda size, **options: "0123456789ab")
+    assert all(evidence.Measurement(settings).missing(r) == ["corruptions"] for r in results.values())
+    # one run re-measured with the "new" code: the table keeps the majority's images and says whose it left out
+    run = next(run for run in artifacts.ARTIFACTS["evidence"].runs(settings) if run.labels["run_type"] == "vanilla")
+    runner.execute(run, tmp_path, evidence.Measurement(settings))
+    assert reproduce_main(["evidence", "--scale", "smoke", "--out", str(tmp_path), "--tables-only"]) == 0
+    markdown = (tmp_path / "tables" / "smoke" / "evidence.md").read_text()
+    assert "images were made by code that corrupts differently from most runs' (run the command again to measure " \
+           "them on today's): vanilla seed 0." in markdown
 
 
 def test_paired_differences_mce_and_their_intervals():
