@@ -34,7 +34,20 @@ def git_state() -> dict:
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})"
-    return f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    return f"CPU {cpu_model()} ({platform.machine()}), {torch.get_num_threads()} threads"
+
+
+@functools.cache
+def cpu_model() -> str:
+    """The CPU's model name where the system says it (Linux), else the architecture: CPU results repeat bit
+    for bit only on the same kind of CPU (docs/evidence.md)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def collect(device: torch.device, world_size: int = 1) -> dict:
