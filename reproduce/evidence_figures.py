@@ -117,6 +117,11 @@ def probe_curves(settings, title, types, stored, hook_points) -> list:
             for ax, k in zip(row_axes, hook_points, strict=True):
                 _line(ax, epochs, [[scale * row[key][k] for row in history] for history in histories], style[label],
                       label, marker=None)
+    lagging_row = axes[[key for key, _, _ in PROBE_ROWS].index("filter_lagging_0.5")]
+    for ax, k in zip(lagging_row, hook_points, strict=True):
+        values = [row["filter_lagging_0.5"][k] for label in probed for result in stored[label].values()
+                  for row in result["history"]]
+        report.say_if_all_zero(ax, values, "no channel under 0.5 x its layer's mean\nin any run at any epoch")
     for (_, name, _), row_axes in zip(PROBE_ROWS, axes, strict=True):
         row_axes[0].set_ylabel(name, fontsize=9)
         for ax, k in zip(row_axes, hook_points, strict=True):

@@ -120,12 +120,6 @@ def _colours(names) -> dict:
     return {name: plt.get_cmap("tab10")(i % 10) for i, name in enumerate(names)}
 
 
-def _say_if_all_zero(ax, values, why: str) -> None:
-    """An empty-looking panel says why it is empty, rather than looking like a drawing failure."""
-    if values and not any(values):
-        ax.text(0.5, 0.5, why, transform=ax.transAxes, ha="center", va="center", fontsize=7, color="dimgrey")
-
-
 def _save_numbers(settings, artifact: str, numbers: dict) -> list:
     path = report.output_path(settings, "figures", artifact, ".json")
     write_json(path, numbers)
@@ -208,7 +202,7 @@ def render_filters(settings, results, measurement):
         if name == "lagging":  # often 0 everywhere: 0 near the bottom, not mid-axis, lines visible
             top = max(ax.get_ylim()[1], 5.0)
             ax.set_ylim(-0.03 * top, top)
-            _say_if_all_zero(ax, [r[name][k] for records in groups.values() for r in records for k in hook_points],
+            report.say_if_all_zero(ax, [r[name][k] for records in groups.values() for r in records for k in hook_points],
                              f"no channel under {threshold:g} x its layer's mean\nin any run, at any hook point")
         ax.grid(alpha=0.3)
     seeds = [r["seed"] for r in measurement["runs"]]
@@ -274,7 +268,7 @@ def render_lagging(settings, results, measurement):
             if key == "filter_lagging":  # often 0 throughout: 0 near the bottom, not mid-axis, lines visible
                 top = max(ax.get_ylim()[1], 5.0)
                 ax.set_ylim(-0.03 * top, top)
-                _say_if_all_zero(ax, [line[key][k] for r in records for line in r["history"]],
+                report.say_if_all_zero(ax, [line[key][k] for r in records for line in r["history"]],
                                  f"no channel under {numbers['lagging_threshold']:g} x\nthe layer mean at any epoch")
         row[0].set_ylabel(label, fontsize=8)
     # the probe's own cost, logged by every probed epoch, against the epoch's training time (test pass excluded)

@@ -321,6 +321,12 @@ def bar_chart(settings, artifact, title, sections, section_title, values: dict, 
     return save_figure(settings, artifact, fig, dpi=150)
 
 
+def say_if_all_zero(ax, values, why: str) -> None:
+    """An empty-looking panel says why it is empty, rather than looking like a drawing failure."""
+    if values and not any(values):
+        ax.text(0.5, 0.5, why, transform=ax.transAxes, ha="center", va="center", fontsize=7, color="dimgrey")
+
+
 def wrap_title(title: str, fig) -> str:
     """A figure title broken into lines that fit the figure's width (a "[...]" remark on its own line)."""
     width_chars = int(fig.get_figwidth() * 11)  # about 11 characters of 10 pt text per inch
