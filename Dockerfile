@@ -31,7 +31,7 @@ COPY pyproject.toml README.md ./
 COPY catchup_mix ./catchup_mix
 COPY reproduce ./reproduce
 RUN PIP_CONSTRAINT=/opt/catchup-mix/constraints.txt pip install --no-cache-dir -c constraints.txt \
-        'torch==2.14.1' 'torchvision==0.29.1' '.[logging,figures]' \
+        'torch==2.14.1' 'torchvision==0.29.1' '.[logging,figures,slurm]' \
  && python -m reproduce list --names
 
 RUN useradd --create-home --uid 10001 catchup \

@@ -70,8 +70,9 @@ class Run:
         return out / "results" / self.artifact / self.scale / f"{self.name}-{self.key}.json"
 
 
-def execute(run: Run, out: Path) -> dict | None:
-    """The run's result, training it first if needed; None if another process is training it now."""
+def execute(run: Run, out: Path, provenance: dict | None = None) -> dict | None:
+    """The run's result, training it first if needed; None if another process is training it now.
+    `provenance`: what the launcher adds to the new result's provenance (a Slurm task: its job)."""
     result = find_result(run, out)
     if result is not None:
         return result
@@ -87,10 +88,20 @@ def execute(run: Run, out: Path) -> dict | None:
             print(f"[{run.artifact}] {run.name}: training ({run_dir})", flush=True)
             summary = _train(run, run_dir)
         history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        if provenance:
+            summary["provenance"] = {**summary["provenance"], **provenance}
         result = {"artifact": run.artifact, "scale": run.scale, "labels": run.labels, "seed": run.seed,
                   "key": run.key, "summary": summary, "history": history}
         write_json(result_path, result)
         return result
+
+
+def held_by_another_process(run: Run, out: Path) -> bool:
+    """Whether a live process holds the run's folder now (is training it)."""
+    if not run.run_dir(out).exists():
+        return False
+    with _exclusive(run.run_dir(out)) as mine:
+        return not mine
 
 
 def checkpoint(run: Run, out: Path) -> Path:
