@@ -129,9 +129,6 @@ def test_a_task_trains_its_run_records_its_job_and_the_measurement_job_follows(t
     assert (tmp_path / "figures" / "smoke" / "figure_mixing.png").exists()  # the measurement job's work
     assert len(list((tmp_path / "results" / "figure_mixing" / "smoke").glob("measurement-*.json"))) == 1
 
-    assert reproduce_main(args) == 0  # again: the run is done, so only the (quick) measurement job goes
-    assert "0 run(s) to submit (not submitted: 1 done)" in capsys.readouterr().out
-
 
 @pytest.mark.slow
 def test_a_preempted_task_is_requeued_and_resumes_its_run_where_it_stopped(tmp_path, local_executor):
