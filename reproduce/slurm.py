@@ -145,8 +145,11 @@ def queued_elsewhere(out: Path) -> dict[str, str]:
     records = sorted((out / "slurm").glob("*/submission.json"))
     if not records:
         return {}
-    listed = subprocess.run(["squeue", "--noheader", "--array", "--format=%F"], capture_output=True, text=True,
-                            timeout=60)
+    try:
+        listed = subprocess.run(["squeue", "--noheader", "--array", "--format=%F"], capture_output=True, text=True,
+                                timeout=60)
+    except FileNotFoundError:
+        raise ConfigError("--launcher slurm: no squeue here; submit from a machine of the cluster (a login node)") from None
     if listed.returncode != 0:
         raise ConfigError(f"squeue failed ({listed.stderr.strip()}): cannot tell which runs are queued already")
     live = set(listed.stdout.split())
