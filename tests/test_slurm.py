@@ -98,6 +98,16 @@ def test_a_missing_submitit_is_a_clear_error_with_the_install_hint(tmp_path, mon
     assert capsys.readouterr().err.strip() == f"error: --launcher slurm needs submitit: {slurm.INSTALL_HINT}"
 
 
+def test_submitting_off_the_cluster_is_a_clear_error(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("submitit", reason=slurm.INSTALL_HINT)
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))  # no srun, squeue, sbatch
+    for earlier_submission in (False, True):  # submitit finds no srun; or, first, squeue is missing
+        if earlier_submission:
+            runner.write_json(tmp_path / "slurm" / "7" / "submission.json", {"job_id": "7", "keys": []})
+        assert reproduce_main(["table1", "--launcher", "slurm", "--out", str(tmp_path)]) == 2
+        assert "ubmit from a machine of the cluster (a login node)" in capsys.readouterr().err
+
+
 def test_the_batch_script_asks_for_what_the_options_say(tmp_path, monkeypatch):
     submitit = pytest.importorskip("submitit", reason=slurm.INSTALL_HINT)
     monkeypatch.setattr(submitit.SlurmExecutor, "affinity", classmethod(lambda cls: 2))  # srun not needed here
