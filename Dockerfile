@@ -30,9 +30,9 @@ RUN grep -vE '^(cuda-|nvidia-|triton==)' requirements-lock.txt > constraints.txt
 COPY pyproject.toml README.md ./
 COPY catchup_mix ./catchup_mix
 COPY reproduce ./reproduce
-# Extras: logging, figures, and saliency (OpenCV's map for SaliencyMix, which paper-scale runs ask for).
+# Extras: logging, figures, saliency (OpenCV's map for SaliencyMix, which paper-scale runs ask for), slurm.
 RUN PIP_CONSTRAINT=/opt/catchup-mix/constraints.txt pip install --no-cache-dir -c constraints.txt \
-        'torch==2.14.1' 'torchvision==0.29.1' '.[logging,figures,saliency]' \
+        'torch==2.14.1' 'torchvision==0.29.1' '.[logging,figures,saliency,slurm]' \
  && python -m reproduce list --names
 
 # The frost photographs of the corruptions (extra `frost`): only the image files of imagecorruptions are read,

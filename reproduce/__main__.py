@@ -5,6 +5,7 @@
     python -m reproduce table1 --scale paper --data-root data/ --seeds 0 1 2
     python -m reproduce evidence --scale medium --data-root DIR/cifar10-jpeg --budget-minutes 60 --log ev.log
     python -m reproduce all --scale smoke --tables-only      # tables and figures from stored results
+    python -m reproduce table1 --scale paper --data-root /shared/data --launcher slurm --slurm-partition gpu
 
 Finished runs are cached and interrupted ones resume; several processes (one per GPU, e.g. with
 CUDA_VISIBLE_DEVICES) can work through the same artifact side by side, and the last one to finish
@@ -22,6 +23,7 @@ from pathlib import Path
 from catchup_mix.checkpoint import write_json
 from catchup_mix.config import ConfigError, parse_overrides
 
+from . import slurm
 from .artifacts import ARTIFACTS, SCALES, Settings
 from .runner import execute, find_result
 
@@ -180,6 +182,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="start no run after this many minutes, nor one that would not finish in them "
                              "(judged by the median time of the runs already done); run again to continue")
     parser.add_argument("--log", type=Path, help="also append everything printed to this file, time-stamped")
+    parser.add_argument("--launcher", choices=("local", "slurm"), default="local",
+                        help="local: train the runs here, one after another; slurm: submit each missing run as a "
+                             "task of a Slurm job array (submitit, `pip install -e '.[slurm]'`)")
+    slurm.add_arguments(parser)
     args = parser.parse_args(argv)
 
     if args.artifact == "list":
@@ -204,6 +210,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {args.artifact} has no {args.scale} scale; its scales: "
               f"{', '.join(ARTIFACTS[args.artifact].scales)}", file=sys.stderr)
         return 2
+    if args.launcher == "slurm" and not args.tables_only:
+        try:
+            return slurm.launch(names, settings, slurm.options_from(args), slurm.tables_command(args, settings),
+                                render=lambda name: reproduce(name, settings, dry_run=False, tables_only=True),
+                                dry_run=args.dry_run)
+        except ConfigError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
     if args.scale == "paper" and not (args.dry_run or args.tables_only or args.allow_cpu):
         import torch
 

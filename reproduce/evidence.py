@@ -133,7 +133,6 @@ class Measurement:
     def __init__(self, settings):
         self.scale, self.out = settings.scale, settings.out
         self.plan = MEASUREMENTS[settings.scale]
-        self.data_root = settings.data_root
 
     def part_settings(self, part: str) -> dict:
         return {"part": part, **self.plan[part], "seed": SUBSET_SEED}

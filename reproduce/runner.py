@@ -70,13 +70,14 @@ class Run:
         return out / "results" / self.artifact / self.scale / f"{self.name}-{self.key}.json"
 
 
-def execute(run: Run, out: Path, measurement=None) -> dict | None:
+def execute(run: Run, out: Path, measurement=None, provenance: dict | None = None) -> dict | None:
     """The run's result, training it first if needed; None if another process is training or measuring it.
 
     measurement: an artifact's per-run measurement (e.g. evidence.Measurement): `measurement.missing(result)`
     names the parts the result lacks, `measurement(run, result_path, checkpoint)` measures and stores them in
     the result file. It runs right after training, under the same lock, in the same process; a result whose
     run folder is gone (results are committed, runs/ is not) is trained again first, and says so.
+    provenance: what the launcher adds to a new result's provenance (a Slurm task: its job).
     """
     result = find_result(run, out)
     if result is not None and not (measurement and measurement.missing(result)):
@@ -97,12 +98,22 @@ def execute(run: Run, out: Path, measurement=None) -> dict | None:
                 print(f"[{run.artifact}] {run.name}: training ({run_dir})", flush=True)
                 summary = _train(run, run_dir)
             history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+            if provenance:
+                summary["provenance"] = {**summary["provenance"], **provenance}
             write_json(result_path, {"artifact": run.artifact, "scale": run.scale, "labels": run.labels,
                                      "seed": run.seed, "key": run.key, "summary": summary, "history": history})
         if measurement is not None and measurement.missing(json.loads(result_path.read_text())):
             _one_thread_if_repeatable(run)  # measured on as many threads as trained: the same numbers anywhere
             measurement(run, result_path, _trained_checkpoint(run, run_dir))
         return json.loads(result_path.read_text())
+
+
+def held_by_another_process(run: Run, out: Path) -> bool:
+    """Whether a live process holds the run's folder now (is training it)."""
+    if not run.run_dir(out).exists():
+        return False
+    with _exclusive(run.run_dir(out)) as mine:
+        return not mine
 
 
 def checkpoint(run: Run, out: Path) -> Path:
