@@ -54,6 +54,34 @@ def gpu_hours(artifact, settings: Settings) -> float:
     return total / (ASSUMED_TFLOPS * 1e12) / 3600 + extra
 
 
+def paper_cost(name: str) -> str | None:
+    """An artifact's paper-scale GPU cost as README's artifact table quotes it (tests/test_readme.py holds
+    the README to it): the estimated hours of its runs for 3 seeds, or, where every run it needs is one of
+    table1's, that it shares them and the hours of its own measurement. None without a paper scale."""
+    artifact = ARTIFACTS[name]
+    if "paper" not in artifact.scales:
+        return None
+    settings = Settings("paper", [0, 1, 2], Path("."))
+    runs = artifact.plan(settings)
+    if name == "table1" or not runs or not _identities(runs) <= _identities(ARTIFACTS["table1"].plan(settings)):
+        return _hours(gpu_hours(artifact, settings))
+    shared = "shares `table1`'s " + ("run" if len(runs) == 1 else "runs")
+    measured = artifact.paper_gpu_hours(settings) if artifact.paper_gpu_hours else 0.0
+    return f"{shared} + {_hours(measured)}" if measured else shared
+
+
+def _identities(runs) -> set[str]:
+    """What makes runs the same run (the same key), without resolving their keys: config and seed."""
+    return {json.dumps([run.config, run.seed], sort_keys=True) for run in runs}
+
+
+def _hours(hours: float) -> str:
+    """Rounded as rough estimates deserve: whole hours from 10 h, tenths below, "minutes" under 0.1 h."""
+    if hours >= 9.95:
+        return f"{hours:.0f} h"
+    return f"{hours:.1f} h" if hours >= 0.095 else "minutes"
+
+
 def list_artifacts(names_only: bool) -> None:
     if names_only:
         print("\n".join(ARTIFACTS))
