@@ -14,8 +14,11 @@ renders the complete table.
 import argparse
 import hashlib
 import json
+import os
 import statistics
+import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -23,6 +26,7 @@ from catchup_mix.checkpoint import write_json
 from catchup_mix.config import ConfigError, parse_overrides
 
 from .artifacts import ARTIFACTS, SCALES, Settings
+from .output import output_folder_error
 from .runner import execute, find_result
 
 # Rough cost model for `list`: FLOPs of the training (3x forward per image) and the per-epoch test
@@ -101,7 +105,9 @@ def list_artifacts(names_only: bool) -> None:
 
 
 def reproduce(name: str, settings: Settings, dry_run: bool, tables_only: bool, budget_minutes: float | None = None,
-              started: float | None = None) -> None:
+              started: float | None = None, worker: tuple[int, int] = (0, 1), render: bool = True) -> None:
+    """Train the artifact's runs not yet done, then measure and render it (render=False: only train).
+    worker: (index, count) of the processes sharing the runs (`--workers`), which sets this one's order."""
     artifact = ARTIFACTS[name]
     runs = artifact.runs(settings)
     if dry_run:
@@ -114,7 +120,7 @@ def reproduce(name: str, settings: Settings, dry_run: bool, tables_only: bool, b
         return
     if not tables_only:
         started = time.monotonic() if started is None else started
-        for index, run in enumerate(runs, 1):
+        for index, run in worker_order(list(enumerate(runs, 1)), *worker):
             if find_result(run, settings.out) is not None:
                 continue
             if budget_minutes is not None and not _fits(budget_minutes, started, runs, settings.out):
@@ -123,6 +129,8 @@ def reproduce(name: str, settings: Settings, dry_run: bool, tables_only: bool, b
                 break
             print(f"[{name}] run {index} of {len(runs)}: {run.name}", flush=True)
             execute(run, settings.out)
+    if not render:
+        return
     # Read every result from disk now, not from what this process trained: where several processes share
     # an artifact, the last one to finish renders every run that any of them finished.
     results = [(run, find_result(run, settings.out)) for run in runs]
@@ -136,6 +144,64 @@ def reproduce(name: str, settings: Settings, dry_run: bool, tables_only: bool, b
     for path in artifact.render(settings, results, measurement):
         print(f"[{name}] wrote {path}")
     print(f"[{name}] {done} of {len(runs)} runs done at {settings.scale} scale", flush=True)
+
+
+def worker_order(runs: list, index: int, count: int) -> list:
+    """The order in which worker `index` of `count` takes the runs: its own contiguous share first, then
+    the others' shares from their ends backwards, so that two workers meet once on a share instead of
+    leapfrogging along it (each would skip, with a message, every run the other holds)."""
+    bounds = [len(runs) * k // count for k in range(count + 1)]
+    shares = [runs[bounds[k]:bounds[k + 1]] for k in range(count)]
+    order = list(shares[index])
+    for step in range(1, count):
+        order += reversed(shares[(index + step) % count])
+    return order
+
+
+def default_workers(scale: str, overrides: dict) -> int:
+    """Worker processes when --workers is not given: at smoke scale on a CPU one per core (each trains with
+    one torch thread, which small networks use better than one process with several), else one."""
+    if scale != "smoke" or overrides.get("device", "cpu") != "cpu":
+        return 1
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def start_workers(argv: list[str], count: int) -> list[tuple[subprocess.Popen, threading.Thread]]:
+    """Workers 2..count: the same command in processes of their own (`--worker K`), their output relayed
+    here line by line under a [worker K] prefix, so it reaches the terminal and the --log file."""
+    workers = []
+    for number in range(2, count + 1):
+        process = subprocess.Popen([sys.executable, "-m", "reproduce", *argv, "--worker", str(number)],
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+        relay = threading.Thread(target=_relay, args=(process.stdout, f"[worker {number}] "), daemon=True)
+        relay.start()
+        workers.append((process, relay))
+    return workers
+
+
+def train_in_workers(names, settings, budget_minutes, started, workers: int, argv: list[str]) -> None:
+    """Train the artifacts' runs in this process and workers - 1 others; return when all have finished."""
+    others = start_workers(argv, workers)
+    try:
+        for name in names:
+            reproduce(name, settings, False, False, budget_minutes, started, (0, workers), render=False)
+    except BaseException:
+        for process, _ in others:
+            process.terminate()
+            process.wait()
+        raise
+    for number, (process, relay) in enumerate(others, 2):
+        process.wait()
+        relay.join()
+        if process.returncode != 0:
+            print(f"[worker {number}] stopped with exit code {process.returncode}: the runs it left are trained "
+                  "here", flush=True)
+
+
+def _relay(stream, prefix: str) -> None:
+    for line in stream:
+        sys.stdout.write(prefix + line)
+        sys.stdout.flush()
 
 
 def _fits(budget_minutes: float, started: float, runs, out: Path) -> bool:
@@ -200,12 +266,22 @@ def main(argv: list[str] | None = None) -> int:
                         help="start no run after this many minutes, nor one that would not finish in them "
                              "(judged by the median time of the runs already done); run again to continue")
     parser.add_argument("--log", type=Path, help="also append everything printed to this file, time-stamped")
+    parser.add_argument("--workers", type=int, metavar="N",
+                        help="processes that share the runs on this machine, each training one run at a time "
+                             "(default: one per CPU core at smoke scale on a CPU, else 1)")
+    parser.add_argument("--worker", type=int, help=argparse.SUPPRESS)  # set by --workers in the processes it starts
     args = parser.parse_args(argv)
 
     if args.artifact == "list":
         list_artifacts(args.names)
         return 0
-    if args.log:
+    if args.workers is not None and args.workers < 1:
+        print(f"error: --workers must be at least 1, got {args.workers}", file=sys.stderr)
+        return 2
+    if not args.dry_run and (error := output_folder_error(args.out)):
+        print(error, file=sys.stderr)
+        return 2
+    if args.log and args.worker is None:  # a worker's output reaches the log through the first worker
         args.log.parent.mkdir(parents=True, exist_ok=True)
         log = open(args.log, "a")  # open for the life of the process
         sys.stdout, sys.stderr = _Tee(sys.stdout, log), _Tee(sys.stderr, log)
@@ -233,7 +309,19 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     started = time.monotonic()
     try:
-        for name in names:
+        workers = 1 if args.dry_run or args.tables_only else args.workers or default_workers(args.scale, overrides)
+        if args.worker is not None:  # started by the first worker: train a share of the runs, render nothing
+            for name in names:
+                reproduce(name, settings, False, False, args.budget_minutes, started, (args.worker - 1, workers),
+                          render=False)
+            return 0
+        to_do = sum(find_result(run, settings.out) is None for name in names for run in ARTIFACTS[name].runs(settings))
+        workers = min(workers, to_do)
+        if workers > 1:
+            print(f"[{args.artifact}] {to_do} runs to train, shared by {workers} worker processes (--workers)",
+                  flush=True)
+            train_in_workers(names, settings, args.budget_minutes, started, workers, argv)
+        for name in names:  # trains what no worker finished, then measures and renders
             reproduce(name, settings, args.dry_run, args.tables_only, args.budget_minutes, started)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
