@@ -17,7 +17,7 @@ def output_folder_error(out: Path) -> str | None:
     if folder is None:
         return None
     if folder == out.absolute():
-        where = f"{out} (--out)"
+        where = f"{folder} (--out)"
     elif out.absolute() in folder.parents:
         where = f"{folder} (in --out {out})"
     else:
