@@ -315,7 +315,8 @@ def main(argv: list[str] | None = None) -> int:
                 reproduce(name, settings, False, False, args.budget_minutes, started, (args.worker - 1, workers),
                           render=False)
             return 0
-        to_do = sum(find_result(run, settings.out) is None for name in names for run in ARTIFACTS[name].runs(settings))
+        to_do = len({run.key for name in names for run in ARTIFACTS[name].runs(settings)  # a shared run once
+                     if find_result(run, settings.out) is None})
         workers = min(workers, to_do)
         if workers > 1:
             print(f"[{args.artifact}] {to_do} runs to train, shared by {workers} worker processes (--workers)",
