@@ -160,10 +160,12 @@ def worker_order(runs: list, index: int, count: int) -> list:
 
 def default_workers(scale: str, overrides: dict) -> int:
     """Worker processes when --workers is not given: at smoke scale on a CPU one per core (each trains with
-    one torch thread, which small networks use better than one process with several), else one."""
+    one torch thread, which small networks use better than one process with several), at most 8 (each holds
+    its own torch: up to about 1.3 GB); else one."""
     if scale != "smoke" or overrides.get("device", "cpu") != "cpu":
         return 1
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return min(cores, 8)
 
 
 def start_workers(argv: list[str], count: int) -> list[tuple[subprocess.Popen, threading.Thread]]:
@@ -268,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log", type=Path, help="also append everything printed to this file, time-stamped")
     parser.add_argument("--workers", type=int, metavar="N",
                         help="processes that share the runs on this machine, each training one run at a time "
-                             "(default: one per CPU core at smoke scale on a CPU, else 1)")
+                             "(default: one per CPU core, at most 8, at smoke scale on a CPU; else 1)")
     parser.add_argument("--worker", type=int, help=argparse.SUPPRESS)  # set by --workers in the processes it starts
     args = parser.parse_args(argv)
 
