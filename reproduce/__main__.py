@@ -8,7 +8,8 @@
 
 Finished runs are cached and interrupted ones resume; several processes (one per GPU, e.g. with
 CUDA_VISIBLE_DEVICES) can work through the same artifact side by side, and the last one to finish
-renders the complete table.
+renders the complete table. `--workers N` starts N such processes itself (at smoke scale on a CPU, one
+per core by default) and renders once all have finished.
 """
 
 import argparse
