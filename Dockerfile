@@ -3,10 +3,11 @@
 #   docker run --rm catchup-mix                                     # = python -m reproduce list
 #   docker run --rm --gpus all --shm-size 8g -v /path/to/datasets:/data:ro -v "$PWD/out":/work/out \
 #       catchup-mix table1 --scale paper --data-root /data
-#   docker run --rm -v "$PWD":/work/out catchup-mix all --tables-only    # tables from the repo's results/
+#   docker run --rm --user "$(id -u):$(id -g)" -v "$PWD":/work/out catchup-mix all --tables-only  # from results/
 # Runs, results, tables and figures go to /work/out (the working directory, reproduce's default --out),
 # so mount a host folder there to keep them; datasets are read from /data. It runs as the unprivileged
-# user `catchup` (uid 10001); add `--user "$(id -u):$(id -g)"` to write into a host folder as yourself.
+# user `catchup` (uid 10001); add `--user "$(id -u):$(id -g)"` to write into a host folder as yourself
+# (without it, a folder uid 10001 cannot write stops the command at once, with that hint).
 #
 # Base image: the official PyTorch CUDA runtime image with the SAME torch as requirements-lock.txt
 # (2.14.1, which PyPI builds for CUDA 13.0); tests/test_environment_pins.py checks the tag against the
@@ -43,8 +44,10 @@ RUN useradd --create-home --uid 10001 catchup \
  && mkdir -p /data /work/out \
  && chown catchup /work/out
 USER catchup
-# matplotlib's cache must be writable whichever --user runs the container
-ENV MPLCONFIGDIR=/tmp/matplotlib
+# matplotlib's cache must be writable whichever --user runs the container; CATCHUP_MIX_IMAGE=1 lets
+# reproduce name docker run's --user as the fix when it cannot write its output folder
+ENV MPLCONFIGDIR=/tmp/matplotlib \
+    CATCHUP_MIX_IMAGE=1
 WORKDIR /work/out
 VOLUME ["/data", "/work/out"]
 

@@ -9,14 +9,18 @@
 
 Finished runs are cached and interrupted ones resume; several processes (one per GPU, e.g. with
 CUDA_VISIBLE_DEVICES) can work through the same artifact side by side, and the last one to finish
-renders the complete table.
+renders the complete table. `--workers N` starts N such processes itself (at smoke scale on a CPU, one
+per core by default) and renders once all have finished.
 """
 
 import argparse
 import hashlib
 import json
+import os
 import statistics
+import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -25,6 +29,7 @@ from catchup_mix.config import ConfigError, parse_overrides
 
 from . import slurm
 from .artifacts import ARTIFACTS, SCALES, Settings
+from .output import output_folder_error
 from .runner import execute, find_result
 
 # Rough cost model for `list`: FLOPs of the training (3x forward per image) and the per-epoch test
@@ -56,6 +61,34 @@ def gpu_hours(artifact, settings: Settings) -> float:
     return total / (ASSUMED_TFLOPS * 1e12) / 3600 + extra
 
 
+def paper_cost(name: str) -> str | None:
+    """An artifact's paper-scale GPU cost as README's artifact table quotes it (tests/test_readme.py holds
+    the README to it): the estimated hours of its runs for 3 seeds, or, where every run it needs is one of
+    table1's, that it shares them and the hours of its own measurement. None without a paper scale."""
+    artifact = ARTIFACTS[name]
+    if "paper" not in artifact.scales:
+        return None
+    settings = Settings("paper", [0, 1, 2], Path("."))
+    runs = artifact.plan(settings)
+    if name == "table1" or not runs or not _identities(runs) <= _identities(ARTIFACTS["table1"].plan(settings)):
+        return _hours(gpu_hours(artifact, settings))
+    shared = "shares `table1`'s " + ("run" if len(runs) == 1 else "runs")
+    measured = artifact.paper_gpu_hours(settings) if artifact.paper_gpu_hours else 0.0
+    return f"{shared} + {_hours(measured)}" if measured else shared
+
+
+def _identities(runs) -> set[str]:
+    """What makes runs the same run (the same key), without resolving their keys: config and seed."""
+    return {json.dumps([run.config, run.seed], sort_keys=True) for run in runs}
+
+
+def _hours(hours: float) -> str:
+    """Rounded as rough estimates deserve: whole hours from 10 h, tenths below, "minutes" under 0.1 h."""
+    if hours >= 9.95:
+        return f"{hours:.0f} h"
+    return f"{hours:.1f} h" if hours >= 0.095 else "minutes"
+
+
 def list_artifacts(names_only: bool) -> None:
     if names_only:
         print("\n".join(ARTIFACTS))
@@ -75,7 +108,9 @@ def list_artifacts(names_only: bool) -> None:
 
 
 def reproduce(name: str, settings: Settings, dry_run: bool, tables_only: bool, budget_minutes: float | None = None,
-              started: float | None = None) -> None:
+              started: float | None = None, worker: tuple[int, int] = (0, 1), render: bool = True) -> None:
+    """Train the artifact's runs not yet done, then measure and render it (render=False: only train).
+    worker: (index, count) of the processes sharing the runs (`--workers`), which sets this one's order."""
     artifact = ARTIFACTS[name]
     runs = artifact.runs(settings)
     if dry_run:
@@ -89,7 +124,7 @@ def reproduce(name: str, settings: Settings, dry_run: bool, tables_only: bool, b
     if not tables_only:
         started = time.monotonic() if started is None else started
         measurement = artifact.measure_each_run(settings) if artifact.measure_each_run else None
-        for index, run in enumerate(runs, 1):
+        for index, run in worker_order(list(enumerate(runs, 1)), *worker):
             result = find_result(run, settings.out)
             missing = measurement.missing(result) if measurement and result is not None else []
             if result is not None and not missing:
@@ -104,6 +139,8 @@ def reproduce(name: str, settings: Settings, dry_run: bool, tables_only: bool, b
                 execute(run, settings.out)
             else:
                 execute(run, settings.out, measurement)
+    if not render:
+        return
     # Read every result from disk now, not from what this process trained: where several processes share
     # an artifact, the last one to finish renders every run that any of them finished.
     results = [(run, find_result(run, settings.out)) for run in runs]
@@ -117,6 +154,66 @@ def reproduce(name: str, settings: Settings, dry_run: bool, tables_only: bool, b
     for path in artifact.render(settings, results, measurement):
         print(f"[{name}] wrote {path}")
     print(f"[{name}] {done} of {len(runs)} runs done at {settings.scale} scale", flush=True)
+
+
+def worker_order(runs: list, index: int, count: int) -> list:
+    """The order in which worker `index` of `count` takes the runs: its own contiguous share first, then
+    the others' shares from their ends backwards, so that two workers meet once on a share instead of
+    leapfrogging along it (each would skip, with a message, every run the other holds)."""
+    bounds = [len(runs) * k // count for k in range(count + 1)]
+    shares = [runs[bounds[k]:bounds[k + 1]] for k in range(count)]
+    order = list(shares[index])
+    for step in range(1, count):
+        order += reversed(shares[(index + step) % count])
+    return order
+
+
+def default_workers(scale: str, overrides: dict) -> int:
+    """Worker processes when --workers is not given: at smoke scale on a CPU one per core (each trains with
+    one torch thread, which small networks use better than one process with several), at most 8 (each holds
+    its own torch: up to about 1.3 GB); else one."""
+    if scale != "smoke" or overrides.get("device", "cpu") != "cpu":
+        return 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return min(cores, 8)
+
+
+def start_workers(argv: list[str], count: int) -> list[tuple[subprocess.Popen, threading.Thread]]:
+    """Workers 2..count: the same command in processes of their own (`--worker K`), their output relayed
+    here line by line under a [worker K] prefix, so it reaches the terminal and the --log file."""
+    workers = []
+    for number in range(2, count + 1):
+        process = subprocess.Popen([sys.executable, "-m", "reproduce", *argv, "--worker", str(number)],
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+        relay = threading.Thread(target=_relay, args=(process.stdout, f"[worker {number}] "), daemon=True)
+        relay.start()
+        workers.append((process, relay))
+    return workers
+
+
+def train_in_workers(names, settings, budget_minutes, started, workers: int, argv: list[str]) -> None:
+    """Train the artifacts' runs in this process and workers - 1 others; return when all have finished."""
+    others = start_workers(argv, workers)
+    try:
+        for name in names:
+            reproduce(name, settings, False, False, budget_minutes, started, (0, workers), render=False)
+    except BaseException:
+        for process, _ in others:
+            process.terminate()
+            process.wait()
+        raise
+    for number, (process, relay) in enumerate(others, 2):
+        process.wait()
+        relay.join()
+        if process.returncode != 0:
+            print(f"[worker {number}] stopped with exit code {process.returncode}: the runs it left are trained "
+                  "here", flush=True)
+
+
+def _relay(stream, prefix: str) -> None:
+    for line in stream:
+        sys.stdout.write(prefix + line)
+        sys.stdout.flush()
 
 
 def _fits(budget_minutes: float, started: float, runs, out: Path) -> bool:
@@ -157,7 +254,11 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["gpucheck"]:  # not an artifact: a check of the machine, with options of its own
         from . import gpucheck
 
-        return gpucheck.main(argv[1:])
+        try:
+            return gpucheck.main(argv[1:])
+        except KeyboardInterrupt:
+            print("\ninterrupted: no report was written; run the same command again", file=sys.stderr)
+            return 130
     parser = argparse.ArgumentParser(prog="python -m reproduce", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("artifact", choices=["list", "all", "gpucheck", *ARTIFACTS],
@@ -186,12 +287,22 @@ def main(argv: list[str] | None = None) -> int:
                         help="local: train the runs here, one after another; slurm: submit each missing run as a "
                              "task of a Slurm job array (submitit, `pip install -e '.[slurm]'`)")
     slurm.add_arguments(parser)
+    parser.add_argument("--workers", type=int, metavar="N",
+                        help="processes that share the runs on this machine, each training one run at a time "
+                             "(default: one per CPU core, at most 8, at smoke scale on a CPU; else 1)")
+    parser.add_argument("--worker", type=int, help=argparse.SUPPRESS)  # set by --workers in the processes it starts
     args = parser.parse_args(argv)
 
     if args.artifact == "list":
         list_artifacts(args.names)
         return 0
-    if args.log:
+    if args.workers is not None and args.workers < 1:
+        print(f"error: --workers must be at least 1, got {args.workers}", file=sys.stderr)
+        return 2
+    if not args.dry_run and (error := output_folder_error(args.out)):
+        print(error, file=sys.stderr)
+        return 2
+    if args.log and args.worker is None:  # a worker's output reaches the log through the first worker
         args.log.parent.mkdir(parents=True, exist_ok=True)
         log = open(args.log, "a")  # open for the life of the process
         sys.stdout, sys.stderr = _Tee(sys.stdout, log), _Tee(sys.stderr, log)
@@ -227,9 +338,27 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     started = time.monotonic()
     try:
-        for name in names:
+        workers = 1 if args.dry_run or args.tables_only else args.workers or default_workers(args.scale, overrides)
+        if args.worker is not None:  # started by the first worker: train a share of the runs, render nothing
+            for name in names:
+                reproduce(name, settings, False, False, args.budget_minutes, started, (args.worker - 1, workers),
+                          render=False)
+            return 0
+        to_do = len({run.key for name in names for run in ARTIFACTS[name].runs(settings)  # a shared run once
+                     if find_result(run, settings.out) is None})
+        workers = min(workers, to_do)
+        if workers > 1:
+            print(f"[{args.artifact}] {to_do} runs to train, shared by {workers} worker processes (--workers)",
+                  flush=True)
+            train_in_workers(names, settings, args.budget_minutes, started, workers, argv)
+        for name in names:  # trains what no worker finished, then measures and renders
             reproduce(name, settings, args.dry_run, args.tables_only, args.budget_minutes, started)
-    except ConfigError as error:
+    except KeyboardInterrupt:
+        if args.worker is None:  # the first process speaks for its workers, which stop with it
+            print("\ninterrupted: finished runs and measured parts are kept, and a run stopped mid-way continues "
+                  "from its last epoch; run the same command again to continue", file=sys.stderr)
+        return 130
+    except (ConfigError, OSError) as error:  # bad input, or a disk that fills up or stops being writable
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0

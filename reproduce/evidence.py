@@ -60,8 +60,9 @@ def medium_schedule() -> list[tuple[tuple[str, ...], range]]:
             (("catchup_mix high",), range(3, 5)), (baselines, range(3))]
 
 
-def plan_evidence(settings, smoke_base: dict) -> list[Run]:
-    """The runs at settings.scale; smoke_base is the smoke-scale PreActResNet-18 config of the harness.
+def plan_evidence(settings, smoke_base: dict, method_options: dict | None = None) -> list[Run]:
+    """The runs at settings.scale; smoke_base is the smoke-scale PreActResNet-18 config of the harness, and
+    method_options the options it gives some methods at that scale (method -> options).
 
     Medium: medium_schedule(), restricted to settings.seeds (default 0-9: all of it). Smoke: every run type
     at each of settings.seeds."""
@@ -79,6 +80,7 @@ def plan_evidence(settings, smoke_base: dict) -> list[Run]:
         for seed in (seed for seed in seeds if seed in settings.seeds):  # seed-major: every type of a seed
             for label in labels:
                 method, options = types[label]
+                options = {**(method_options or {}).get(method, {}), **options}
                 runs.append(Run("evidence", settings.scale, {"run_type": label},
                                 {**base, "method": method, "method_options": options}, seed))
     return runs

@@ -28,7 +28,7 @@ DATASET_TITLES = {"cub200": "CUB-200-2011", "stanford_cars": "Stanford Cars", "f
                   "synthetic": "synthetic"}
 
 SMOKE_WARNING = (
-    "**Smoke scale, not paper numbers.** Small networks, 500 training images, 12 epochs: this shows "
+    "**Smoke scale, not paper numbers.** Small networks, few images, few epochs (the config below): this shows "
     "that the whole path works, not how the methods rank. Mixing methods regularise, and regularisation "
     "pays off over long schedules; on short ones it mostly slows fitting, so smoke tables can rank the "
     "methods differently from the paper. Read no verdict on the method here: this project's longer, "
@@ -136,6 +136,14 @@ def provenance_notes(settings, runs_and_results: list, cells: str = ACCURACY_CEL
                                                                    "data_root", "log_every", "download")}
         notes.append("Config shared by the runs: " + ", ".join(f"{k}={v}" for k, v in shared.items()) +
                      f"; per run in results/{run.artifact}/{settings.scale}/*.json.")
+        options = {run.labels["method"]: run.config["method_options"] for run, _ in runs_and_results
+                   if "method" in run.labels and run.config.get("method_options")}
+        if options:
+            why = " (cheaper smoke settings, SMOKE_METHOD_OPTIONS in reproduce/artifacts.py)" if \
+                settings.scale == "smoke" else ""
+            notes.append(f"Method options other than the method's defaults{why}: " + "; ".join(
+                f"{method} " + ", ".join(f"{k}={v}" for k, v in values.items()) for method, values in options.items())
+                + ".")
     if done:
         commits = sorted({r["summary"]["provenance"]["commit"][:10] + ("+dirty" if r["summary"]["provenance"]["dirty"]
                                                                        else "") for r in done})

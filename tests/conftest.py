@@ -19,3 +19,12 @@ def shared_data_dir() -> Path:
         pytest.skip(f"no real data at {SHARED_DATA}")
     subprocess.run([str(SHARED_DATA / "unpack"), str(UNPACKED)], check=True, capture_output=True)
     return UNPACKED
+
+
+@pytest.fixture(autouse=True)
+def one_reproduce_worker(monkeypatch):
+    """`python -m reproduce` called in-process trains in this process only: tests patch the smoke settings,
+    which the worker processes --workers starts would not see. A test of --workers passes it explicitly."""
+    import reproduce.__main__
+
+    monkeypatch.setattr(reproduce.__main__, "default_workers", lambda scale, overrides: 1)

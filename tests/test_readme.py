@@ -70,3 +70,17 @@ def test_train_and_evaluate_commands_run_as_written(tmp_path):
     summary = json.loads((tmp_path / "runs" / "readme" / "summary.json").read_text())
     evaluation = json.loads(outputs[2])
     assert summary["epochs"] == 2 and evaluation["top1"] == pytest.approx(summary["last_top1"])
+
+
+def test_artifact_table_quotes_the_gpu_hours_the_code_computes():
+    from reproduce.__main__ import ASSUMED_TFLOPS, paper_cost
+    from reproduce.artifacts import ARTIFACTS
+
+    section = README.split("\n## Reproduce the paper\n", 1)[1].split("\n### ", 1)[0]
+    rows = re.findall(r"^\| `python -m reproduce (\w+) --scale \w+` \|[^|]*\| ([^|]*) \|", section, flags=re.M)
+    quoted = {name: cost.strip() for name, cost in rows}
+    assert set(quoted) == set(ARTIFACTS)
+    for name, cost in quoted.items():
+        expected = paper_cost(name)
+        assert cost == expected if expected is not None else cost.startswith("CPU"), (name, cost, expected)
+    assert f"assumed {ASSUMED_TFLOPS} TFLOP/s" in section

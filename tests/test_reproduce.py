@@ -14,6 +14,7 @@ import pytest
 from catchup_mix import methods
 from reproduce import artifacts, report, runner
 from reproduce.__main__ import main as reproduce_main
+from reproduce.__main__ import worker_order
 from reproduce.artifacts import ARTIFACTS, Settings
 from reproduce.runner import Run
 
@@ -175,6 +176,8 @@ def test_smoke_artifact_end_to_end_writes_tables_and_figure_from_its_results(tmp
     commit = results[0]["summary"]["provenance"]["commit"][:10]
     assert f"commit {commit}" in markdown
     assert "puzzlemix" in markdown and "63.90 [" in markdown  # a published-only row, with its source
+    assert "Method options other than the method's defaults (cheaper smoke settings" in markdown
+    assert "comixup part=5; alignmixup max_iter=20." in markdown
     latex = (tmp_path / "tables" / "smoke" / "table2.tex").read_text()
     assert r"\begin{tabular}" in latex and r"manifold\_mixup" in latex and r"$\pm$" in latex
     image = matplotlib.image.imread(tmp_path / "figures" / "smoke" / "table2.png")
@@ -296,3 +299,86 @@ def test_gpucheck_verdicts_judge_targets_only_at_full_size():
     tiny = gpucheck.verdicts({**report, "scale": gpucheck._scale(tiny=True)})
     assert "not met" not in " ".join(tiny) and "not comparable at --tiny" in tiny[1]
     assert "not meaningful at --tiny: 2 warm-up rounds" in tiny[2]
+
+
+def test_smoke_scale_gives_the_costly_baselines_their_cheaper_options_and_paper_scale_the_defaults():
+    smoke = {run.labels["method"]: run.config["method_options"] for run in
+             artifacts.plan_table1(Settings("smoke", [0], Path(".")))}
+    assert smoke["comixup"] == {"part": 5} and smoke["alignmixup"] == {"max_iter": 20}
+    assert smoke["catchup_mix"] == {} and smoke["puzzlemix"] == {}
+    paper = artifacts.plan_table1(Settings("paper", [0], Path("."), data_root="/data"))
+    assert all(run.config["method_options"] == {} for run in paper)
+    for method, options in artifacts.SMOKE_METHOD_OPTIONS.items():  # each a real option of the method
+        built = methods.build(method, num_hook_points=5, **options)
+        assert all(getattr(built, key) == value for key, value in options.items())
+
+
+def test_workers_take_every_run_once_each_its_own_share_first_then_the_others_from_their_ends():
+    runs = list(range(10))
+    for count in (1, 2, 3, 4):
+        assert all(sorted(worker_order(runs, index, count)) == runs for index in range(count))
+    assert worker_order(runs, 0, 2) == [0, 1, 2, 3, 4, 9, 8, 7, 6, 5]
+    assert worker_order(runs, 1, 2) == [5, 6, 7, 8, 9, 4, 3, 2, 1, 0]
+    assert worker_order(runs, 2, 3) == [6, 7, 8, 9, 2, 1, 0, 5, 4, 3]
+
+
+def test_a_started_worker_trains_in_its_own_order_and_renders_nothing(tmp_path, tiny_smoke, monkeypatch):
+    import reproduce.__main__ as cli
+
+    trained = []
+    monkeypatch.setattr(cli, "execute", lambda run, out: trained.append(run.labels["method"]))
+    assert reproduce_main(["table2", "--scale", "smoke", "--out", str(tmp_path), "--workers", "2",
+                           "--worker", "2"]) == 0
+    names = methods.available()
+    half = len(names) // 2
+    assert trained == [*names[half:], *reversed(names[:half])]
+    assert not (tmp_path / "tables").exists() and not (tmp_path / "figures").exists()
+
+
+@pytest.mark.slow
+def test_workers_share_an_artifact_and_the_first_renders_it_once_all_finished(tmp_path):
+    tiny = ["epochs=1", "batch_size=10", "num_classes=2", "train_per_class=10", "test_per_class=5", "width=4"]
+    result = subprocess.run([sys.executable, "-m", "reproduce", "table2", "--scale", "smoke", "--out", str(tmp_path),
+                             "--workers", "2", "--log", str(tmp_path / "log.txt"), "--set", *tiny],
+                            capture_output=True, text=True, cwd=REPOSITORY,
+                            env=dict(os.environ, PYTHONPATH=str(REPOSITORY)), timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    total = len(methods.available())
+    assert f"{total} runs to train, shared by 2 worker processes" in result.stdout
+    assert "Traceback" not in result.stdout + result.stderr
+    assert result.stdout.count("wrote ") == 4  # the table (.md, .tex) and figure (.png, .pdf), once
+    markdown = (tmp_path / "tables" / "smoke" / "table2.md").read_text()
+    assert f"Runs done: {total} of {total}" in markdown
+    assert "shared by 2 worker processes" in (tmp_path / "log.txt").read_text()
+
+
+def test_workers_must_be_at_least_one(capsys):
+    assert reproduce_main(["table1", "--workers", "0"]) == 2
+    assert "--workers must be at least 1" in capsys.readouterr().err
+
+
+def test_an_output_folder_it_cannot_write_stops_it_at_once_in_one_line_with_the_fix(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "out"
+    out.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != out and real_access(path, mode))
+    assert reproduce_main(["table2", "--scale", "smoke", "--tables-only", "--out", str(out)]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and error.startswith(f"error: cannot write to {out} (--out)")
+    assert "pass --out a folder you can write to" in error and "--user" not in error
+    assert list(out.iterdir()) == []  # nothing written
+    monkeypatch.setenv("CATCHUP_MIX_IMAGE", "1")  # in the project's Docker image the fix is docker run's --user
+    assert reproduce_main(["all", "--tables-only", "--out", str(out / "tables")]) == 2
+    error = capsys.readouterr().err
+    assert "where --out" in error and 'add --user "$(id -u):$(id -g)" to docker run' in error
+    assert reproduce_main(["table2", "--dry-run", "--out", str(out)]) == 0  # a dry run writes nothing
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write any folder")
+def test_a_read_only_output_folder_is_refused_before_any_work(tmp_path, capsys):
+    tmp_path.chmod(0o555)
+    try:
+        assert reproduce_main(["table2", "--scale", "smoke", "--tables-only", "--out", str(tmp_path)]) == 2
+    finally:
+        tmp_path.chmod(0o755)
+    assert capsys.readouterr().err.startswith(f"error: cannot write to {tmp_path} (--out)")
