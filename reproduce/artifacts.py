@@ -73,8 +73,9 @@ SMOKE_WIDTH = {"preactresnet18": 8, "wrn16_8": 2, "resnext29_4_24": 8}
 # one torch thread each: 3 epochs of 20 steps, in which a width-8 PreActResNet-18 reaches 25-38% (chance 20%) in
 # about 3.5 s of one core; WRN16-8 at width 2 takes about 7 s, ResNeXt29 at width 8 about 11 s (grouped convs are
 # slow on CPUs) and stays near chance. They show that every path runs, not how the methods rank.
-# device=cpu: the committed smoke results are CPU fp32 numbers, found (and repeated exactly) on any machine;
-# `--set device=cuda` trains them on a GPU instead, as new runs.
+# device=cpu: the committed smoke results are CPU fp32 numbers, found on any machine, trained on one torch thread
+# (reproduce/runner.py), so they repeat bit for bit on a CPU of the same kind with the locked libraries and
+# nowhere else (docs/evidence.md, "Repeatability"); `--set device=cuda` trains them on a GPU, as new runs.
 SMOKE_TRAINING = dict(epochs=3, batch_size=25, lr=0.05, schedule="onecycle", weight_decay=5e-4, log_every=10**6,
                       device="cpu")
 SMOKE_SUBSET = dict(num_classes=5, train_per_class=100, test_per_class=40)
