@@ -34,8 +34,11 @@ def shared_python(session: nox.Session) -> str:
     # PIP_CONSTRAINT as well as -c: pip's isolated build env (setuptools) only sees the former.
     # --no-compile: bytecode only for the modules imported, when first imported, instead of for all of torch
     # now (half of pip's CPU time; about 30 s less to README's quick start on 2 cores).
-    pip_install = [str(python), "-m", "pip", "install", "--no-compile", "-e", ".[dev]", "-c", str(LOCK)]
-    session.run(*pip_install, external=True, env={"PIP_CONSTRAINT": str(LOCK)})
+    pip_install = [str(python), "-m", "pip", "install", "--no-compile", "-c", str(LOCK)]
+    session.run(*pip_install, "-e", ".[dev]", external=True, env={"PIP_CONSTRAINT": str(LOCK)})
+    # The frost photographs (the `frost` extra) without imagecorruptions' dependencies: its opencv-python would
+    # share the cv2 module with the dev extra's opencv-contrib, and whichever pip writes last wins.
+    session.run(*pip_install, "--no-deps", "imagecorruptions", external=True, env={"PIP_CONSTRAINT": str(LOCK)})
     STAMP.write_text(digest + "\n")
     return str(python)
 

@@ -79,8 +79,9 @@ def spectral_residual(images: torch.Tensor, blur_size: int = 7, blur_sigma: floa
 
 
 OPENCV_HINT = ("needs OpenCV's contrib modules (cv2.saliency): pip install 'catchup-mix[saliency]', which installs "
-               "opencv-contrib-python-headless (uninstall any other opencv-python* package first: they share the "
-               "cv2 module)")
+               "opencv-contrib-python-headless; another opencv-python* package (imagecorruptions pulls in one) shares "
+               "the cv2 module and may have replaced it: pip install --force-reinstall --no-deps "
+               "opencv-contrib-python-headless")
 
 
 def opencv_saliency_module():
@@ -89,7 +90,7 @@ def opencv_saliency_module():
         import cv2
     except ImportError:
         raise ImportError(f"OpenCV's fine-grained saliency {OPENCV_HINT}") from None
-    if not hasattr(cv2, "saliency"):  # an OpenCV build without the contrib modules
+    if not hasattr(getattr(cv2, "saliency", None), "StaticSaliencyFineGrained_create"):  # a build without contrib
         raise ImportError(f"OpenCV {cv2.__version__} is installed without its contrib modules; the fine-grained "
                           f"saliency {OPENCV_HINT}")
     return cv2.saliency

@@ -307,7 +307,9 @@ def test_smoke_scale_gives_the_costly_baselines_their_cheaper_options_and_paper_
     assert smoke["comixup"] == {"part": 5} and smoke["alignmixup"] == {"max_iter": 20}
     assert smoke["catchup_mix"] == {} and smoke["puzzlemix"] == {}
     paper = artifacts.plan_table1(Settings("paper", [0], Path("."), data_root="/data"))
-    assert all(run.config["method_options"] == {} for run in paper)
+    assert all(run.config["method_options"] == artifacts.PAPER_METHOD_OPTIONS.get(run.labels["method"], {})
+               for run in paper)  # the defaults, except the original saliency SaliencyMix names
+    assert "comixup" not in artifacts.PAPER_METHOD_OPTIONS and "alignmixup" not in artifacts.PAPER_METHOD_OPTIONS
     for method, options in artifacts.SMOKE_METHOD_OPTIONS.items():  # each a real option of the method
         built = methods.build(method, num_hook_points=5, **options)
         assert all(getattr(built, key) == value for key, value in options.items())
