@@ -199,8 +199,9 @@ def _options(loaded) -> dict:
     return dict(batch_size=BATCH, autocast=loaded.autocast)
 
 
-def _clean_accuracy(pixel_model, images, labels, loaded) -> float:
-    return robustness.accuracy(pixel_model, images, labels, **_options(loaded))
+def _with_clean(numbers: dict, pixel_model, images, labels, loaded) -> dict:
+    """A part's numbers with the clean top-1 of the same images beside them, to read the drop from."""
+    return {"clean": robustness.accuracy(pixel_model, images, labels, **_options(loaded)), **numbers}
 
 
 def _measure_calibration(measurement, loaded, pixel_model, plan):
@@ -211,14 +212,14 @@ def _measure_calibration(measurement, loaded, pixel_model, plan):
 def _measure_fgsm(measurement, loaded, pixel_model, plan):
     images, labels, subset = _subset(loaded, plan["images"])
     numbers = robustness.fgsm_accuracies(pixel_model, images, labels, plan["eps"], **_options(loaded))
-    return {"clean": _clean_accuracy(pixel_model, images, labels, loaded), **numbers}, subset
+    return _with_clean(numbers, pixel_model, images, labels, loaded), subset
 
 
 def _measure_pgd(measurement, loaded, pixel_model, plan):
     images, labels, subset = _subset(loaded, plan["images"])
     numbers = robustness.pgd_accuracies(pixel_model, images, labels, plan["eps"], plan["steps"],
                                         step_fraction=plan["step_fraction"], seed=SUBSET_SEED, **_options(loaded))
-    return {"clean": _clean_accuracy(pixel_model, images, labels, loaded), **numbers}, subset
+    return _with_clean(numbers, pixel_model, images, labels, loaded), subset
 
 
 def _measure_corruptions(measurement, loaded, pixel_model, plan):
@@ -228,16 +229,15 @@ def _measure_corruptions(measurement, loaded, pixel_model, plan):
     folder = measurement.corruption_set(split.images, split.labels)
     numbers = robustness.corruption_accuracies(pixel_model, folder, plan["corruptions"], split.labels,
                                                dataset.crop_size, severities=plan["severities"], **_options(loaded))
-    images = robustness._center_crop(split.images, dataset.crop_size)
-    numbers["clean"] = _clean_accuracy(pixel_model, images, split.labels, loaded)
     numbers["output_fingerprint"] = corruptions.output_fingerprint(split.images.shape[-1])
-    return numbers, data.describe_subset(dataset.test.labels, index, SUBSET_SEED)
+    images = robustness._center_crop(split.images, dataset.crop_size)
+    return _with_clean(numbers, pixel_model, images, split.labels, loaded), data.describe_subset(dataset.test.labels, index, SUBSET_SEED)
 
 
 def _measure_deformations(measurement, loaded, pixel_model, plan):
     images, labels, subset = _subset(loaded, plan["images"])
     numbers = robustness.deformation_accuracies(pixel_model, images, labels, plan["deformations"], **_options(loaded))
-    return {"clean": _clean_accuracy(pixel_model, images, labels, loaded), **numbers}, subset
+    return _with_clean(numbers, pixel_model, images, labels, loaded), subset
 
 
 def _measure_ood(measurement, loaded, pixel_model, plan):

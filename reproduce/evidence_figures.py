@@ -40,6 +40,18 @@ def _line(ax, xs, rows, style, label, marker="o"):
         ax.fill_between(xs, values.min(0), values.max(0), color=style["color"], alpha=0.12, lw=0)
 
 
+def _label_grid(axes, row_names, hook_points, xlabel):
+    """A grid of one row per quantity and one column per hook point: row names, column titles, grid lines."""
+    for name, row_axes in zip(row_names, axes, strict=True):
+        row_axes[0].set_ylabel(name, fontsize=9)
+        for ax in row_axes:
+            ax.grid(alpha=0.3)
+    for ax, k in zip(axes[0], hook_points, strict=True):
+        ax.set_title(f"k={k}: {HOOK_NAMES.get(k, k)}", fontsize=9)
+    for ax in axes[-1]:
+        ax.set_xlabel(xlabel)
+
+
 def accuracy_curves(settings, title, types, stored) -> list:
     import matplotlib.pyplot as plt
 
@@ -122,14 +134,7 @@ def probe_curves(settings, title, types, stored, hook_points) -> list:
         values = [row["filter_lagging_0.5"][k] for label in probed for result in stored[label].values()
                   for row in result["history"]]
         report.say_if_all_zero(ax, values, "no channel under 0.5 x its layer's mean\nin any run at any epoch")
-    for (_, name, _), row_axes in zip(PROBE_ROWS, axes, strict=True):
-        row_axes[0].set_ylabel(name, fontsize=9)
-        for ax, k in zip(row_axes, hook_points, strict=True):
-            ax.grid(alpha=0.3)
-            if name == PROBE_ROWS[0][1]:
-                ax.set_title(f"k={k}: {HOOK_NAMES.get(k, k)}", fontsize=9)
-    for ax in axes[-1]:
-        ax.set_xlabel("epoch")
+    _label_grid(axes, [name for _, name, _ in PROBE_ROWS], hook_points, "epoch")
     probe = stored[probed[0]][next(iter(stored[probed[0]]))]["summary"]["config"]["filter_probe"]
     fig.suptitle(report.wrap_title(f"{title}: the filter probe after every epoch ({probe} fixed test images; "
                                    "lines: mean over seeds, bands: min to max)", fig), fontsize=10)
@@ -158,14 +163,8 @@ def reliance_curves(settings, title, types, stored, hook_points) -> list:
             for ax, k in zip(row_axes, hook_points, strict=True):
                 fractions = runs[0][k]["fractions"]
                 _line(ax, [100 * f for f in fractions], [run[k][mode] for run in runs], style[label], label)
-    for (_, name), row_axes in zip(modes, axes, strict=True):
-        row_axes[0].set_ylabel(f"{name}:\ntest top-1 (%)", fontsize=9)
-        for ax, k in zip(row_axes, hook_points, strict=True):
-            ax.grid(alpha=0.3)
-            if name == modes[0][1]:
-                ax.set_title(f"k={k}: {HOOK_NAMES.get(k, k)}", fontsize=9)
-    for ax in axes[-1]:
-        ax.set_xlabel("channels zeroed at this layer (%)")
+    _label_grid(axes, [f"{name}:\ntest top-1 (%)" for _, name in modes], hook_points,
+                "channels zeroed at this layer (%)")
     images = measurement.plan["reliance"]["images"]
     fig.suptitle(report.wrap_title(f"{title}: reliance on the strongest channels ({images} fixed test images; "
                                    "channels ranked by mean norm; lines: mean over seeds, bands: min to max)", fig),
