@@ -70,7 +70,7 @@ FGVC_MODELS = ("torchvision_resnet18", "torchvision_resnet50")
 # Narrow networks for the CPU; every model keeps its architecture, only the channel counts shrink.
 SMOKE_WIDTH = {"preactresnet18": 8, "wrn16_8": 2, "resnext29_4_24": 8}
 # Sized so that README's first command (table1: 30 runs) takes minutes on 2 CPU cores, two worker processes of
-# one torch thread each: 3 epochs of 20 steps, in which a width-8 PreActResNet-18 reaches 25-38% (chance 20%) in
+# one torch thread each: 3 epochs of 20 steps, in which a width-8 PreActResNet-18 reaches 23-33% (chance 20%) in
 # about 3.5 s of one core; WRN16-8 at width 2 takes about 7 s, ResNeXt29 at width 8 about 11 s (grouped convs are
 # slow on CPUs) and stays near chance. They show that every path runs, not how the methods rank.
 # device=cpu: the committed smoke results are CPU fp32 numbers, found on any machine, trained on one torch thread
