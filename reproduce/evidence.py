@@ -231,7 +231,8 @@ def _measure_corruptions(measurement, loaded, pixel_model, plan):
                                                dataset.crop_size, severities=plan["severities"], **_options(loaded))
     numbers["output_fingerprint"] = corruptions.output_fingerprint(split.images.shape[-1])
     images = robustness._center_crop(split.images, dataset.crop_size)
-    return _with_clean(numbers, pixel_model, images, split.labels, loaded), data.describe_subset(dataset.test.labels, index, SUBSET_SEED)
+    subset = data.describe_subset(dataset.test.labels, index, SUBSET_SEED)
+    return _with_clean(numbers, pixel_model, images, split.labels, loaded), subset
 
 
 def _measure_deformations(measurement, loaded, pixel_model, plan):
