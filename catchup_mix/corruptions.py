@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import hashlib
 import io
 import json
 import os
@@ -231,8 +232,6 @@ def output_fingerprint(size: int, *, jpeg_step: bool | None = None, frost_dir=No
     changes (the code, the frost textures, a library's numerics), and not when an edit leaves every output as
     it was, where generator_fingerprint's code hash changes with any edit: a measurement keyed on it is
     redone only when the corrupted images would differ."""
-    import hashlib
-
     images = np.random.default_rng(0).integers(0, 256, (2, size, size, 3), dtype=np.uint8)
     digest = hashlib.sha256()
     for name in ALL_CORRUPTIONS:
@@ -250,8 +249,6 @@ def _code_fingerprint() -> str:
 def _files_fingerprint(folder: Path, names, text: bool = False) -> str:
     """12 hex digits of the SHA-256 of the files' contents (text: with Windows line ends made Unix ones, so
     that a checkout's line-end setting does not change it)."""
-    import hashlib
-
     digest = hashlib.sha256()
     for name in names:
         content = (Path(folder) / name).read_bytes()
@@ -536,8 +533,6 @@ class CorruptionSetError(ValueError):
 
 def fingerprint(images: np.ndarray, labels: np.ndarray) -> str:
     """A short hash of a test split: a generated set belongs to exactly these images and labels."""
-    import hashlib
-
     digest = hashlib.sha256(np.ascontiguousarray(images).tobytes())
     digest.update(np.asarray(labels, dtype=np.int64).tobytes())
     return digest.hexdigest()[:16]
@@ -618,8 +613,6 @@ def set_for(images: np.ndarray, labels, root, names=CORRUPTIONS, seed: int = 0, 
     and by what makes it (generator_fingerprint): written the first time, found after that, and made anew in a
     new folder when the code changes, so callers that share a set never hit write_set's refusal. options:
     jpeg_step, frost_dir."""
-    import hashlib
-
     made_by = json.dumps(generator_fingerprint(images.shape[1], **options), sort_keys=True).encode()
     folder = Path(root) / f"{fingerprint(images, labels)}-{hashlib.sha256(made_by).hexdigest()[:12]}"
     return write_set(images, labels, folder, names, seed=seed, progress=False, **options)

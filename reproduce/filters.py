@@ -203,7 +203,7 @@ def render_filters(settings, results, measurement):
             top = max(ax.get_ylim()[1], 5.0)
             ax.set_ylim(-0.03 * top, top)
             report.say_if_all_zero(ax, [r[name][k] for records in groups.values() for r in records for k in hook_points],
-                             f"no channel under {threshold:g} x its layer's mean\nin any run, at any hook point")
+                                   f"no channel under {threshold:g} x its layer's mean\nin any run, at any hook point")
         ax.grid(alpha=0.3)
     seeds = [r["seed"] for r in measurement["runs"]]
     _suptitle(fig, settings, "Channel norms per layer (mean l2 norm of each channel's map over the test set; "
@@ -269,7 +269,7 @@ def render_lagging(settings, results, measurement):
                 top = max(ax.get_ylim()[1], 5.0)
                 ax.set_ylim(-0.03 * top, top)
                 report.say_if_all_zero(ax, [line[key][k] for r in records for line in r["history"]],
-                                 f"no channel under {numbers['lagging_threshold']:g} x\nthe layer mean at any epoch")
+                                       f"no channel under {numbers['lagging_threshold']:g} x\nthe layer mean at any epoch")
         row[0].set_ylabel(label, fontsize=8)
     # the probe's own cost, logged by every probed epoch, against the epoch's training time (test pass excluded)
     costs = [line["filter_probe_s"] / line["epoch_time_s"] for _, result in done for line in result["history"]]
