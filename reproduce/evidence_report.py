@@ -142,6 +142,9 @@ def paired_cell(differences: list[float], digits: int = 2, scale: float = 1.0) -
     if interval is None:
         return f"{differences[0]:+.{digits}f} (1 seed)"
     mean, low, high = interval
+    if high - low <= 1e-9 * max(1.0, abs(mean)):
+        # every seed gave the same difference (one channel of a count, say): an interval of width 0 says nothing
+        return f"{mean:+.{digits}f} on every seed, no spread to judge by (n={len(differences)})"
     verdict = ", not resolved" if low <= 0 <= high else ""
     return f"{mean:+.{digits}f} [{low:+.{digits}f}, {high:+.{digits}f}]{verdict} (n={len(differences)})"
 

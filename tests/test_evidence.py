@@ -182,6 +182,8 @@ def test_paired_differences_mce_and_their_intervals():
     assert mean == 1.25 and low < 0 < high and "not resolved" in cell and "(n=2)" in cell
     assert "not resolved" not in evidence_report.paired_cell([1.0, 1.2, 1.1, 0.9])
     assert evidence_report.paired_cell([]) == "—" and "(1 seed)" in evidence_report.paired_cell([0.5])
+    # the same difference on every seed has no spread: no interval, and no claim that it is resolved
+    assert evidence_report.paired_cell([-0.16, -0.16]) == "-0.16 on every seed, no spread to judge by (n=2)"
 
 
 def test_medium_plan_follows_the_order_of_the_issue():
