@@ -127,9 +127,12 @@ def provenance_notes(settings, runs_and_results: list, cells: str = ACCURACY_CEL
     done = [result for _, result in runs_and_results if result is not None]
     notes = [SMOKE_WARNING] if settings.scale == "smoke" else []
     total = len(runs_and_results)
-    seeds = sorted({run.seed for run, _ in runs_and_results})
-    notes.append(f"Scale: {settings.scale}. Runs done: {len(done)} of {total}; seeds {', '.join(map(str, seeds))}. "
-                 + cells)
+    planned = sorted({run.seed for run, _ in runs_and_results})
+    seeds = sorted({run.seed for run, result in runs_and_results if result is not None}) or planned
+    # an unfinished artifact names the seeds its numbers come from, and those still to run
+    planned_note = f" (planned: {', '.join(map(str, planned))})" if seeds != planned else ""
+    notes.append(f"Scale: {settings.scale}. Runs done: {len(done)} of {total}; seeds {', '.join(map(str, seeds))}"
+                 f"{planned_note}. " + cells)
     if runs_and_results:
         run = runs_and_results[0][0]
         shared = {k: v for k, v in run.config.items() if k not in ("model", "width", "method", "method_options",

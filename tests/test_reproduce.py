@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import matplotlib.image
 import pytest
@@ -212,6 +213,16 @@ def test_tables_only_renders_missing_runs_as_pending(tmp_path, tiny_smoke):
     assert f"Runs done: 0 of {len(methods.available())}" in markdown
     assert "| catchup_mix | — | — | — | 0 |" in markdown
     assert not (tmp_path / "runs").exists()
+
+
+def test_provenance_names_the_seeds_done_and_those_planned():
+    runs = [SimpleNamespace(seed=seed, config={"epochs": 1}, labels={}, artifact="evidence") for seed in range(3)]
+    result = {"summary": {"provenance": {"commit": "a" * 40, "dirty": False, "device": "cpu"}}}
+    partial = report.provenance_notes(SimpleNamespace(scale="medium"), [(runs[0], result), (runs[1], None),
+                                                                       (runs[2], result)])
+    assert "Runs done: 2 of 3; seeds 0, 2 (planned: 0, 1, 2)." in partial[0]
+    complete = report.provenance_notes(SimpleNamespace(scale="medium"), [(run, result) for run in runs])
+    assert "Runs done: 3 of 3; seeds 0, 1, 2." in complete[0]
 
 
 def test_figure_mixing_measures_a_trained_pair(tmp_path, tiny_smoke):
