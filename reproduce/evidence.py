@@ -149,6 +149,8 @@ class Measurement:
         entries = {part: stored.get(part, {}).get(self.key(part)) for part in self.plan}
         made = entries["corruptions"] and entries["corruptions"]["numbers"]
         stale = bool(made) and made.get("output_fingerprint") != corruptions.output_fingerprint(made["set_info"]["size"][0])
+        if stale:
+            _check_same_frost_source(made["set_info"])
         return [part for part, entry in entries.items() if entry is None or (part == "corruptions" and stale)]
 
     def __call__(self, run, result_path: Path, checkpoint: Path) -> None:
@@ -184,6 +186,19 @@ class Measurement:
         Tiny-ImageNet side by side)."""
         root = loaded.config.data_root
         return None if root is None else str(Path(root).expanduser().resolve().parent)
+
+
+def _check_same_frost_source(set_info: dict) -> None:
+    """Stop, before a run is trained again only to measure its corruptions, when the difference is an install
+    rather than the code: frost made from the photographs (the `frost` extra) where the run was measured and
+    from generated textures here, or the other way round. Every committed result would be retrained."""
+    theirs = (set_info.get("generator") or {}).get("frost")
+    ours = corruptions.generator_fingerprint(set_info["size"][0])["frost"]
+    if theirs and theirs != ours:
+        fix = ("install the photographs: pip install --no-deps imagecorruptions (the frost extra; nox does this)"
+               if theirs == "photographs" else "uninstall imagecorruptions, or measure in an environment without it")
+        raise RuntimeError(f"the stored corruption numbers were made with frost from {theirs}, but here frost would "
+                           f"be made from {ours}, so every run would be trained again to measure it anew: {fix}")
 
 
 def settings_key(settings: dict) -> str:

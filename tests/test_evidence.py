@@ -2,6 +2,7 @@
 measurement loses no training; the tables answer the three claims from the stored results alone."""
 
 import json
+import shutil
 from pathlib import Path
 
 import matplotlib.image
@@ -147,6 +148,24 @@ def test_numbers_measured_with_other_settings_are_not_mixed_in(tmp_path, tiny_ev
     evidence.MEASUREMENTS["smoke"] = changed
     numbers = evidence_report.run_numbers(result, evidence.Measurement(settings))
     assert "fgsm 8/255" not in numbers and "pgd 8/255" in numbers  # only the part whose settings changed
+
+
+def test_frost_made_from_another_source_stops_before_any_run_is_trained_again(tmp_path, tiny_evidence, monkeypatch):
+    assert reproduce_main(["evidence", "--scale", "smoke", "--out", str(tmp_path)]) == 0
+    settings = artifacts.Settings("smoke", [0], tmp_path)
+    result = stored_results(tmp_path)["vanilla-seed0"]
+    stored = next(iter(result["measurements"]["corruptions"].values()))["numbers"]["set_info"]["generator"]
+    other = "generated" if stored["frost"] == "photographs" else "photographs"
+    made_here = corruptions.generator_fingerprint
+
+    monkeypatch.setattr(corruptions, "output_fingerprint", lambda size, **options: "0123456789ab")
+    monkeypatch.setattr(corruptions, "generator_fingerprint", lambda size, **options: {**made_here(size), "frost": other})
+    with pytest.raises(RuntimeError, match=f"frost from {stored['frost']}, but here frost would be made from {other}"):
+        evidence.Measurement(settings).missing(result)
+    shutil.rmtree(tmp_path / "runs")  # as on a fresh machine: nothing is trained, the error comes first
+    with pytest.raises(RuntimeError, match="imagecorruptions"):
+        reproduce_main(["evidence", "--scale", "smoke", "--out", str(tmp_path)])
+    assert not (tmp_path / "runs" / "smoke").exists() or not any((tmp_path / "runs" / "smoke").glob("*/summary.json"))
 
 
 def test_corruptions_made_differently_are_measured_again_and_never_mixed(tmp_path, tiny_evidence, monkeypatch):
