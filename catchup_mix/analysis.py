@@ -16,6 +16,16 @@ Channel statistics (the paper's "struggling filters"):
   average channel's signal (also counted at 0.25 and 0.5, where small networks have their weak tail).
 - `filter_statistics(norms)` and `probe_filters(model, images)`: all of these per hook point; the latter is
   the trainer's per-epoch probe (`filter_probe` in the config).
+
+Inside the blocks, where a filter that has stopped learning shows (the hook points carry the residual stream,
+which the shortcuts keep alive):
+- `conv_input_norms(model, batches)`: per Conv2d (qualified module name), the mean l2 norm of each input
+  channel; in a pre-activation network the output of the BN+ReLU before the conv.
+- `dead_channels(model, batches)`: per Conv2d, the fraction of positions where each input channel is
+  exactly zero; at DEAD_FRACTION (0.99) or more the channel is dead.
+- `batchnorm_scales(model)`: |gamma| of every BatchNorm2d, which weight decay shrinks for unused channels.
+- `block_statistics(...)`: the statistics above per conv and per BN; `observe_activations` makes one pass
+  for the hook points and the conv inputs together (the probe uses it).
 - `reliance(model, batches, hook_point)`: top-1 accuracy with the top-p% channels by mean norm zeroed at one
   hook point, against the lowest-p% and random p% (the mean of several seeded draws) as controls.
 
@@ -41,9 +51,13 @@ Where the network looks:
 """
 
 import contextlib
+import dataclasses
+import functools
 import math
 import statistics
 import time
+import weakref
+from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 
 import torch
@@ -117,19 +131,102 @@ def fixed_batch(dataset: data.Dataset, split: str, count: int, device="cpu",
 def channel_norms(model: torch.nn.Module, batches: Batches) -> dict[int, torch.Tensor]:
     """{hook point k: (C,) float32 CPU tensor}: each channel's l2 norm over H x W, averaged over every image
     of `batches` (input tensors or (inputs, labels) pairs), at every hook point, in eval mode."""
-    sums: dict[int, torch.Tensor] = {}
+    return observe_activations(model, batches, conv_inputs=False).hook_norms
+
+
+def conv_input_norms(model: torch.nn.Module, batches: Batches) -> dict[str, torch.Tensor]:
+    """{qualified name of each Conv2d: (C_in,) float32 CPU tensor}: each input channel's l2 norm over H x W,
+    averaged over every image of `batches`, in eval mode. In a pre-activation network a conv's input is the
+    output of the BN+ReLU before it, where a filter that has stopped learning shows (its BN scale shrinks
+    and the ReLU zeroes it); the hook points see the residual stream, where the shortcut keeps it alive."""
+    return observe_activations(model, batches).conv_norms
+
+
+def dead_channels(model: torch.nn.Module, batches: Batches) -> dict[str, torch.Tensor]:
+    """{qualified name of each Conv2d: (C_in,) float32 CPU tensor}: the fraction of positions (H x W over every
+    image of `batches`) where the input channel is exactly zero, in eval mode. A channel at DEAD_FRACTION
+    or more is "dead": the ReLU before the conv passes it almost never, so its filter gets almost no gradient."""
+    return observe_activations(model, batches).conv_zero_fractions
+
+
+def batchnorm_scales(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """{qualified name of each affine BatchNorm2d: (C,) float32 CPU tensor of |gamma|}: weight decay shrinks
+    the scale of a channel the loss does not use, so a lagging filter's BN scale falls towards zero."""
+    return {name: module.weight.detach().abs().float().cpu() for name, module in model.named_modules()
+            if isinstance(module, torch.nn.BatchNorm2d) and module.weight is not None}
+
+
+# A channel that is zero at this fraction of positions or more is dead (docs/evidence.md: the pilot found them
+# at 99-100%, every other channel well under 90%).
+DEAD_FRACTION = 0.99
+
+
+@dataclasses.dataclass
+class Activations:
+    """What one eval-mode pass sees (`observe_activations`): the channel norms at the hook points (as
+    `channel_norms`) and each conv's input channels (as `conv_input_norms` and `dead_channels`)."""
+
+    hook_norms: dict[int, torch.Tensor]
+    conv_norms: dict[str, torch.Tensor]
+    conv_zero_fractions: dict[str, torch.Tensor]
+    # conv name -> what it reads: "input" (the network's input), or the name of the first conv (in module order)
+    # that reads the same tensor: its own, or e.g. conv1's for a pre-activation block's projection shortcut
+    reads: dict[str, str]
+
+    def distinct_convs(self) -> list[str]:
+        """The convs whose input a filter makes (not the network's input), each tensor once: the statistics
+        of the others would say nothing, or repeat an earlier conv's."""
+        return [name for name, reads in self.reads.items() if reads == name]
+
+
+@torch.no_grad()
+def observe_activations(model: torch.nn.Module, batches: Batches, conv_inputs: bool = True) -> Activations:
+    """One pass in eval mode over `batches`: the hook points and (conv_inputs) the input of every Conv2d."""
+    sums: dict = defaultdict(float)  # ("hook", k) / ("norm", name) / ("zeros", name) -> running sum
+    positions: dict[str, int] = defaultdict(int)
+    reads: dict[str, str] = {}  # as Activations.reads, but the first reader in the order of the forward
+    seen: list[tuple[weakref.ref, str]] = []  # this batch's conv inputs; weak, so a freed address is not matched
 
     def observe(features: torch.Tensor, k: int) -> torch.Tensor:
-        norms = torch.linalg.vector_norm(features.float().flatten(2), dim=2)  # (B, C)
-        sums[k] = sums[k] + norms.sum(0) if k in sums else norms.sum(0)
+        sums["hook", k] = sums["hook", k] + torch.linalg.vector_norm(features.float().flatten(2), dim=2).sum(0)
         return features
 
+    def observe_conv(name: str, module, args) -> None:
+        x = args[0]
+        if name not in reads:
+            same = [reader for ref, reader in seen if ref() is x]
+            reads[name] = "input" if x is batch[0] else same[0] if same else name
+        seen.append((weakref.ref(x), name))
+        flat = x.float().flatten(2)  # (B, C_in, H x W)
+        sums["norm", name] = sums["norm", name] + torch.linalg.vector_norm(flat, dim=2).sum(0)
+        sums["zeros", name] = sums["zeros", name] + (flat == 0).sum((0, 2))
+        positions[name] += flat.shape[0] * flat.shape[2]
+
+    batch: list[torch.Tensor | None] = [None]  # the inputs in flight, to tell the network's input apart
+    handles = [module.register_forward_pre_hook(functools.partial(observe_conv, name))
+               for name, module in model.named_modules() if conv_inputs and isinstance(module, torch.nn.Conv2d)]
     count = 0
-    with _eval_mode(model):
-        for inputs, _ in _pairs(batches, model):
-            model(inputs, feature_hook=observe)
-            count += len(inputs)
-    return {k: (total / count).cpu() for k, total in sorted(sums.items())}
+    try:
+        with _eval_mode(model):
+            for inputs, _ in _pairs(batches, model):
+                batch[0] = inputs
+                seen.clear()
+                model(inputs, feature_hook=observe)
+                count += len(inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    by = {kind: {key: total for (what, key), total in sums.items() if what == kind} for kind in ("hook", "norm", "zeros")}
+    order = [name for name, module in model.named_modules() if name in reads]
+    first = {}  # a tensor read by several convs is named after the first of them in module order
+    for name in order:
+        first.setdefault(reads[name], name)
+    reads = {name: reads[name] if reads[name] == "input" else first[reads[name]] for name in order}
+    return Activations(
+        hook_norms={k: (total / count).cpu() for k, total in sorted(by["hook"].items())},
+        conv_norms={name: (by["norm"][name] / count).cpu() for name in order},
+        conv_zero_fractions={name: (by["zeros"][name].double() / positions[name]).float().cpu() for name in order},
+        reads=reads)
 
 
 def _non_negative(values) -> torch.Tensor:
@@ -193,11 +290,11 @@ def lagging_fraction(values, threshold: float = 0.1) -> float:
 EXTRA_LAGGING_THRESHOLDS = (0.25, 0.5)
 
 
-def filter_statistics(norms: dict[int, torch.Tensor], lagging_threshold: float = 0.1,
-                      top_fraction: float = 0.1) -> dict[str, dict[int, float]]:
-    """{"gini", "top_share", "bottom_share", "lagging", "lagging_0.25", "lagging_0.5"} -> {hook point: value},
-    from `channel_norms`: top/bottom share of the strongest/weakest `top_fraction` of the channels, lagging
-    at `lagging_threshold` and at each of EXTRA_LAGGING_THRESHOLDS x the layer's mean."""
+def filter_statistics(norms: dict, lagging_threshold: float = 0.1, top_fraction: float = 0.1) -> dict[str, dict]:
+    """{"gini", "top_share", "bottom_share", "lagging", "lagging_0.25", "lagging_0.5"} -> {layer: value}, from
+    {layer: (C,) values} (`channel_norms`, `conv_input_norms`, `batchnorm_scales`): top/bottom share of the
+    strongest/weakest `top_fraction` of the channels, lagging at `lagging_threshold` and at each of
+    EXTRA_LAGGING_THRESHOLDS x the layer's mean."""
     result = {
         "gini": {k: gini(v) for k, v in norms.items()},
         "top_share": {k: top_share(v, top_fraction) for k, v in norms.items()},
@@ -209,14 +306,44 @@ def filter_statistics(norms: dict[int, torch.Tensor], lagging_threshold: float =
     return result
 
 
+def block_statistics(conv_norms: dict[str, torch.Tensor], zero_fractions: dict[str, torch.Tensor],
+                     bn_scales: dict[str, torch.Tensor], lagging_threshold: float = 0.1,
+                     top_fraction: float = 0.1) -> dict[str, dict[str, float]]:
+    """The statistics of `filter_statistics` inside the blocks: "conv_input_<statistic>" per conv (from
+    `conv_input_norms`), "conv_input_dead" (the fraction of a conv's input channels that are dead, from
+    `dead_channels`) and "bn_scale_<statistic>" per BatchNorm (from `batchnorm_scales`)."""
+    result = {f"conv_input_{name}": values
+              for name, values in filter_statistics(conv_norms, lagging_threshold, top_fraction).items()}
+    result["conv_input_dead"] = {name: float((zeros >= DEAD_FRACTION).double().mean())
+                                 for name, zeros in zero_fractions.items()}
+    return result | {f"bn_scale_{name}": values
+                     for name, values in filter_statistics(bn_scales, lagging_threshold, top_fraction).items()}
+
+
+# What the probe logs inside the blocks every epoch (each is one number per conv or BN: the full set of
+# block_statistics would triple a run's history); the evidence measurement stores all of them once, at the end.
+PROBE_BLOCK_STATISTICS = ("conv_input_gini", "conv_input_lagging",
+                          "conv_input_lagging_0.25", "conv_input_lagging_0.5", "conv_input_dead",
+                          "bn_scale_lagging", "bn_scale_lagging_0.25")
+
+
 def probe_filters(model: torch.nn.Module, images: torch.Tensor, lagging_threshold: float = 0.1) -> dict:
-    """The trainer's per-epoch filter probe: entries of a metrics row, one dict per statistic of
-    `filter_statistics` keyed by hook point ("filter_gini": {"1": ..., "2": ...}, "filter_top_share",
-    "filter_bottom_share", "filter_lagging", "filter_lagging_0.25", ...), values rounded to 4 digits, and the
-    probe's own time in seconds ("filter_probe_s"). No random draw, the model untouched."""
+    """The trainer's per-epoch filter probe: entries of a metrics row, one dict per statistic keyed by layer,
+    values rounded to 4 digits: every statistic of `filter_statistics` per hook point ("filter_gini": {"1":
+    ..., "2": ...}, "filter_top_share", ...), PROBE_BLOCK_STATISTICS per conv and BN ("conv_input_dead":
+    {"stages.1.0.conv1": ...}, ...; convs reading the network's input, or a tensor an earlier conv read, are
+    left out: nothing to learn there, or the same numbers twice), and the probe's own time in seconds
+    ("filter_probe_s"). One pass over `images`, no random draw, the model untouched."""
     started = time.perf_counter()
-    measured = filter_statistics(channel_norms(model, [images]), lagging_threshold)
-    row = {f"filter_{name}": {str(k): round(v, 4) for k, v in values.items()} for name, values in measured.items()}
+    observed = observe_activations(model, [images])
+    own = observed.distinct_convs()
+    inside = block_statistics({name: observed.conv_norms[name] for name in own},
+                              {name: observed.conv_zero_fractions[name] for name in own},
+                              batchnorm_scales(model), lagging_threshold)
+    measured = {f"filter_{name}": values
+                for name, values in filter_statistics(observed.hook_norms, lagging_threshold).items()}
+    measured |= {name: inside[name] for name in PROBE_BLOCK_STATISTICS}
+    row = {name: {str(k): round(v, 4) for k, v in values.items()} for name, values in measured.items()}
     row["filter_probe_s"] = time.perf_counter() - started  # the values above are on the CPU: nothing pending
     return row
 

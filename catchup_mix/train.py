@@ -403,6 +403,14 @@ def _progress(total: int, epoch: int, epochs: int, show: bool):
     return print_line
 
 
+def _printed(key: str, value) -> str:
+    """One entry of the epoch's line; a statistic of many layers (the probe inside the blocks) as its largest
+    value, the whole of it being in metrics.jsonl and TensorBoard."""
+    if isinstance(value, dict) and len(value) > 8:
+        return f"{key} max {max(value.values()):.4g}"
+    return f"{key} {value:.4g}" if isinstance(value, float) else f"{key} {value}"
+
+
 def _tensorboard(run_dir: Path, start_epoch: int):
     try:
         from torch.utils.tensorboard import SummaryWriter
@@ -414,7 +422,7 @@ def _tensorboard(run_dir: Path, start_epoch: int):
 
 
 def _log_epoch(row: dict, writer) -> None:
-    print(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()), flush=True)
+    print(" ".join(_printed(k, v) for k, v in row.items()), flush=True)
     if writer is None:
         return
     for key, value in row.items():

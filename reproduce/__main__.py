@@ -112,29 +112,33 @@ def reproduce(name: str, settings: Settings, dry_run: bool, tables_only: bool, b
     """Train the artifact's runs not yet done, then measure and render it (render=False: only train).
     worker: (index, count) of the processes sharing the runs (`--workers`), which sets this one's order."""
     artifact = ARTIFACTS[name]
-    runs = artifact.runs(settings)
+    runs, to_train = artifact.runs(settings), artifact.runs_to_train(settings)
     if dry_run:
-        print(f"# {name} at {settings.scale} scale: {len(runs)} runs")
-        for run in runs:
+        print(f"# {name} at {settings.scale} scale: {len(to_train)} runs")
+        for run in to_train:
             state = "done" if find_result(run, settings.out) else "to run"
             print(f"# {run.name} [{run.key}, {state}]\n{run.command(settings.out)}")
+        if others := [run for run in runs if run not in to_train]:
+            stored = sum(find_result(run, settings.out) is not None for run in others)
+            print(f"# not trained here (--run-types): {len(others)} runs of the other run types, {stored} of them "
+                  "stored, which the tables compare with")
         if artifact.measure:
             print(f"# then: {artifact.measure.__name__} (a measurement after the runs)")
         return
     if not tables_only:
         started = time.monotonic() if started is None else started
         measurement = artifact.measure_each_run(settings) if artifact.measure_each_run else None
-        for index, run in worker_order(list(enumerate(runs, 1)), *worker):
+        for index, run in worker_order(list(enumerate(to_train, 1)), *worker):
             result = find_result(run, settings.out)
             missing = measurement.missing(result) if measurement and result is not None else []
             if result is not None and not missing:
                 continue
             if budget_minutes is not None and not _fits(budget_minutes, started, runs, settings.out):
                 print(f"[{name}] time budget of {budget_minutes:g} min reached: stopping before run {index} of "
-                      f"{len(runs)}; run the same command again to continue", flush=True)
+                      f"{len(to_train)}; run the same command again to continue", flush=True)
                 break
             doing = f"measuring {', '.join(missing)}" if result is not None else "training"
-            print(f"[{name}] run {index} of {len(runs)}: {run.name} ({doing})", flush=True)
+            print(f"[{name}] run {index} of {len(to_train)}: {run.name} ({doing})", flush=True)
             if measurement is None:
                 execute(run, settings.out)
             else:
@@ -264,10 +268,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("artifact", choices=["list", "all", "gpucheck", *ARTIFACTS],
                         help="what to reproduce (gpucheck: the GPU path, tested and timed; see its --help)")
     parser.add_argument("--scale", choices=SCALES, default="smoke",
-                        help="smoke: minutes on a CPU; medium: CPU hours on real data (evidence); paper: GPU days")
+                        help="smoke: minutes on a CPU; medium: CPU hours on real data (evidence); medium_wd: the "
+                             "same with the paper's cumulative weight decay, where filters lag (evidence); paper: "
+                             "GPU days")
     parser.add_argument("--seeds", type=int, nargs="+",
                         help="default: 0 at smoke scale, 0-9 at medium scale (each run type to its own number of "
                              "seeds, docs/evidence.md), 0 1 2 at paper scale")
+    parser.add_argument("--run-types", nargs="+", metavar="NAME",
+                        help="evidence only: train and tabulate only these run types (e.g. vanilla, catchup_mix, "
+                             "'catchup_mix random', or a method you registered); stored runs of the others are "
+                             "still compared against")
     parser.add_argument("--data-root", help="dataset folder (paper: e.g. the folder holding cifar-100-python; "
                                             "smoke: a real dataset to use instead of the built-in synthetic data)")
     parser.add_argument("--out", type=Path, default=Path("."), help="where runs/, results/, tables/, figures/ go")
@@ -306,13 +316,16 @@ def main(argv: list[str] | None = None) -> int:
         args.log.parent.mkdir(parents=True, exist_ok=True)
         log = open(args.log, "a")  # open for the life of the process
         sys.stdout, sys.stderr = _Tee(sys.stdout, log), _Tee(sys.stderr, log)
-    seeds = args.seeds or {"smoke": [0], "medium": list(range(10)), "paper": [0, 1, 2]}[args.scale]
+    seeds = args.seeds or {"smoke": [0], "paper": [0, 1, 2]}.get(args.scale, list(range(10)))
     try:
         overrides = parse_overrides(args.set)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    settings = Settings(args.scale, seeds, args.out, args.data_root, args.download, overrides)
+    if args.run_types and args.artifact != "evidence":
+        print("error: --run-types is an option of the evidence artifact", file=sys.stderr)
+        return 2
+    settings = Settings(args.scale, seeds, args.out, args.data_root, args.download, overrides, args.run_types)
     names = list(ARTIFACTS) if args.artifact == "all" else [args.artifact]
     unsupported = [name for name in names if args.scale not in ARTIFACTS[name].scales]
     if args.artifact == "all":
@@ -344,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
                 reproduce(name, settings, False, False, args.budget_minutes, started, (args.worker - 1, workers),
                           render=False)
             return 0
-        to_do = len({run.key for name in names for run in ARTIFACTS[name].runs(settings)  # a shared run once
+        to_do = len({run.key for name in names for run in ARTIFACTS[name].runs_to_train(settings)  # shared: once
                      if find_result(run, settings.out) is None})
         workers = min(workers, to_do)
         if workers > 1:

@@ -16,12 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from catchup_mix import methods
-from catchup_mix.config import PRESETS
+from catchup_mix.config import PRESETS, ConfigError
 
 from . import evidence, evidence_report, filters, report, robustness, runner
 from .runner import Run
 
-SCALES = ("smoke", "medium", "paper")
+SCALES = ("smoke", "medium", "medium_wd", "paper")
 
 
 @dataclass
@@ -32,6 +32,7 @@ class Settings:
     data_root: str | None = None
     download: bool = False
     overrides: dict = field(default_factory=dict)  # --set KEY=VALUE, applied to every run's config
+    run_types: list[str] | None = None  # --run-types: the evidence's run types to plan (None: all)
 
 
 @dataclass
@@ -50,6 +51,18 @@ class Artifact:
         """The plan with the command line's --set overrides (a dict value updates a dict-valued key)."""
         return [dataclasses.replace(run, config=with_overrides(run.config, settings.overrides))
                 for run in self.plan(settings)]
+
+    def runs_to_train(self, settings: Settings) -> list[Run]:
+        """What this command trains: `runs`, only those of settings.run_types (--run-types) where given. The
+        tables still show every run stored, so a new method's runs are compared with the stored ones."""
+        runs = self.runs(settings)
+        if not settings.run_types:
+            return runs
+        types = list(dict.fromkeys(run.labels.get("run_type") for run in runs))
+        if unknown := [name for name in settings.run_types if name not in types]:
+            raise ConfigError(f"unknown run type(s) {unknown} for {self.name} at {settings.scale} scale; its run "
+                              f"types: {', '.join(map(str, types))} (a method you register joins them)")
+        return [run for run in runs if run.labels.get("run_type") in settings.run_types]
 
 
 def with_overrides(config: dict, overrides: dict) -> dict:
@@ -333,7 +346,7 @@ ARTIFACTS = {
                  "Catch-up Mix vs its random/high-channel ablations and the baselines, paired seeds, each run "
                  "measured after training, real CIFAR-10 (CPU hours)",
                  plan_evidence, evidence_report.render, measure_each_run=evidence.Measurement,
-                 scales=("smoke", "medium")),
+                 scales=("smoke", "medium", "medium_wd")),
         Artifact("figure_filters", "channel-norm distribution, Gini, top-10% share and lagging channels per layer "
                  "(PreActResNet-18, every method, table 1's runs)", plan_table1_preactresnet18, filters.render_filters,
                  measure=filters.measure_filters, paper_gpu_hours=measured_only(0.01)),

@@ -40,8 +40,16 @@ MEDIUM_TRAINING = dict(
     # lagging over the epochs are in every run's history
     filter_probe=500,
 )
+# The medium protocol where filters lag (issue 28, docs/evidence.md "Where filters lag"): weight decay under
+# BatchNorm is what shrinks an unused filter, and what decides how far it has shrunk is the cumulative decay, the
+# sum over steps of lr x wd. The paper's CIFAR-100 protocol (Co-Mixup's: 150,000 steps at lr 0.2/0.02/0.002, wd
+# 1e-4) sums to about 1.1; the medium protocol (5,000 steps at a mean lr of 0.05, wd 5e-4) to 0.125. This one
+# keeps everything else and takes the weight decay that vanilla calibration runs chose.
+MEDIUM_WD_TRAINING = {**MEDIUM_TRAINING, "weight_decay": 5e-3}
+PROTOCOLS = {"medium": MEDIUM_TRAINING, "medium_wd": MEDIUM_WD_TRAINING}
 MEDIUM_DATA_ROOT = "data/cifar10-jpeg"  # where `../shared/data/unpack data` puts the CIFAR-10 copy
 CORE = ("vanilla", "cutmix", "catchup_mix", "catchup_mix random", "catchup_mix high")
+SELECTIONS = ("vanilla", "catchup_mix", "catchup_mix random", "catchup_mix high")
 
 
 def run_types() -> dict[str, tuple[str, dict]]:
@@ -52,9 +60,14 @@ def run_types() -> dict[str, tuple[str, dict]]:
     return types | {name: (name, {}) for name in methods.available() if name not in types}
 
 
-def medium_schedule() -> list[tuple[tuple[str, ...], range]]:
-    """(run types, seeds) in the order they are trained: the 15 core runs answer all three claims for the key
-    comparisons, then the decisive ablation (low vs random) to 10 seeds, `high` to 5, then the baselines."""
+def schedule(scale: str) -> list[tuple[tuple[str, ...], range]]:
+    """(run types, seeds) in the order they are trained at a CPU scale.
+
+    medium: the 15 core runs answer all three claims for the key comparisons, then the decisive ablation (low vs
+    random) to 10 seeds, `high` to 5, then the baselines. medium_wd: the selection ablation where filters lag,
+    vanilla and the three selections at seeds 0-4, then low and random to 10 seeds."""
+    if scale == "medium_wd":
+        return [(SELECTIONS, range(5)), (("catchup_mix", "catchup_mix random"), range(5, 10))]
     baselines = tuple(name for name in run_types() if name not in CORE)
     return [(CORE, range(3)), (("catchup_mix", "catchup_mix random"), range(3, 10)),
             (("catchup_mix high",), range(3, 5)), (baselines, range(3))]
@@ -64,19 +77,20 @@ def plan_evidence(settings, smoke_base: dict, method_options: dict | None = None
     """The runs at settings.scale; smoke_base is the smoke-scale PreActResNet-18 config of the harness, and
     method_options the options it gives some methods at that scale (method -> options).
 
-    Medium: medium_schedule(), restricted to settings.seeds (default 0-9: all of it). Smoke: every run type
+    Medium scales: schedule(scale), restricted to settings.seeds (default 0-9: all of it). Smoke: every run type
     at each of settings.seeds."""
     types = run_types()
     if settings.scale == "smoke":
         base = smoke_base
-        schedule = [(tuple(types), settings.seeds)]
-    elif settings.scale == "medium":
-        base = {**MEDIUM_TRAINING, "data_root": settings.data_root or MEDIUM_DATA_ROOT}
-        schedule = medium_schedule()
+        order = [(tuple(types), settings.seeds)]
+    elif settings.scale in PROTOCOLS:
+        base = {**PROTOCOLS[settings.scale], "data_root": settings.data_root or MEDIUM_DATA_ROOT}
+        order = schedule(settings.scale)
     else:
-        raise ValueError(f"evidence has no {settings.scale} scale: it is the CPU-scale experiment (smoke, medium)")
+        raise ValueError(f"evidence has no {settings.scale} scale: it is the CPU-scale experiment (smoke, "
+                         f"{', '.join(PROTOCOLS)})")
     runs = []
-    for labels, seeds in schedule:
+    for labels, seeds in order:
         for seed in (seed for seed in seeds if seed in settings.seeds):  # seed-major: every type of a seed
             for label in labels:
                 method, options = types[label]
@@ -118,8 +132,13 @@ MEASUREMENTS = {
         "filters": dict(images=100, top_fraction=0.1),
         "reliance": dict(images=50, fractions=(0.0, 0.5), draws=2),
         "hessian": dict(images=20, batch=10, iters=3, tol=1e-3, trace_samples=2),
+        "blocks": dict(images=100, top_fraction=0.1),
     },
 }
+# Where filters lag, the same parts and one more: inside the blocks (conv inputs, dead channels, BN scales). The
+# medium protocol's 52 committed runs were measured without it, and their run folders are gone: adding it there
+# would train all of them again.
+MEASUREMENTS["medium_wd"] = {**MEASUREMENTS["medium"], "blocks": dict(images=2000, top_fraction=0.1)}
 SUBSET_SEED = 0  # the subsets, PGD's random starts, the noise images, the random channels, the Hessian vectors
 BATCH = 250
 
@@ -278,6 +297,24 @@ def _measure_filters(measurement, loaded, pixel_model, plan):
             **{name: {str(k): v for k, v in values.items()} for name, values in statistics_.items()}}, subset
 
 
+def _measure_blocks(measurement, loaded, pixel_model, plan):
+    """Inside the blocks: each conv's input channels (mean norm, fraction of zero positions, what it reads),
+    every BN's |gamma|, and their statistics over the convs with an input of their own."""
+    batches, subset = _normalised_batches(loaded, "test", plan["images"])
+    seen = analysis.observe_activations(loaded.model, batches)
+    scales = analysis.batchnorm_scales(loaded.model)
+    own = seen.distinct_convs()
+    statistics_ = analysis.block_statistics({name: seen.conv_norms[name] for name in own},
+                                            {name: seen.conv_zero_fractions[name] for name in own}, scales,
+                                            top_fraction=plan["top_fraction"])
+
+    def lists(values: dict) -> dict:
+        return {name: [round(v, 5) for v in tensor.tolist()] for name, tensor in values.items()}
+
+    return {"conv_input_norms": lists(seen.conv_norms), "conv_input_zero_fractions": lists(seen.conv_zero_fractions),
+            "conv_reads": seen.reads, "bn_scales": lists(scales), **statistics_}, subset
+
+
 def _measure_reliance(measurement, loaded, pixel_model, plan):
     batches, subset = _normalised_batches(loaded, "test", plan["images"])
     norms = analysis.channel_norms(loaded.model, batches)  # one ranking pass for every hook point
@@ -298,14 +335,16 @@ def _measure_hessian(measurement, loaded, pixel_model, plan):
 
 MEASURE = {"calibration": _measure_calibration, "fgsm": _measure_fgsm, "pgd": _measure_pgd,
            "corruptions": _measure_corruptions, "deformations": _measure_deformations, "ood": _measure_ood,
-           "filters": _measure_filters, "reliance": _measure_reliance, "hessian": _measure_hessian}
+           "filters": _measure_filters, "reliance": _measure_reliance, "hessian": _measure_hessian,
+           "blocks": _measure_blocks}
 
 
 def describe_protocol(settings, runs) -> str:
     config = runs[0].config
-    if settings.scale == "medium":
-        return ("CIFAR-10 (the JPEG copy of ../shared/data, read as an image folder), "
+    if settings.scale in PROTOCOLS:
+        return ("CIFAR-10 (the project's JPEG copy, read as an image folder), "
                 f"{config['train_per_class']} training images per class, the full 10,000-image test set, "
-                f"PreActResNet-18 width {config['width']}, {config['epochs']} epochs")
+                f"PreActResNet-18 width {config['width']}, {config['epochs']} epochs, "
+                f"weight decay {config['weight_decay']:g}")
     return (f"{config['dataset']} data, {config['num_classes']} classes, PreActResNet-18 width {config['width']}, "
             f"{config['epochs']} epochs")

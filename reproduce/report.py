@@ -231,7 +231,8 @@ def overhead_table(settings, artifact: str, measurement: dict | None) -> list[Pa
 
 
 def output_path(settings, kind: str, artifact: str, suffix: str) -> Path:
-    folder = settings.out / kind / ("smoke" if settings.scale == "smoke" else "")
+    # medium and paper at the top; any other scale in a folder of its own (tables/smoke/, tables/medium_wd/)
+    folder = settings.out / kind / ("" if settings.scale in ("medium", "paper") else settings.scale)
     folder.mkdir(parents=True, exist_ok=True)
     return folder / f"{artifact}{suffix}"
 

@@ -139,10 +139,10 @@ def _trained_checkpoint(run: Run, run_dir: Path) -> Path:
     return run_dir / "checkpoints" / "last.pt"
 
 
-# The committed CPU results (smoke and medium scale) are made on one torch thread: with several, how a reduction
+# The committed CPU results (smoke and the medium scales) are made on one torch thread: with several, how a reduction
 # is split over threads sets its summation order, so the last bits, and after many steps the weights, depend
 # on the machine's core count (docs/evidence.md, "Repeatability").
-ONE_THREAD_SCALES = ("smoke", "medium")
+ONE_THREAD_SCALES = ("smoke", "medium", "medium_wd")
 
 
 def _one_thread_if_repeatable(run: Run) -> None:

@@ -124,6 +124,72 @@ def test_filter_statistics_and_probe_report_every_hook_point():
     assert row["filter_probe_s"] > 0
 
 
+class TwoConvs(nn.Module):
+    """conv_a reads the image; its channel 1 is always negative, so after the ReLU conv_b and conv_c (which read
+    the same tensor) see it dead; channel 0 is the image's first channel, channel 2 its second."""
+
+    num_hook_points = 1
+
+    def __init__(self):
+        super().__init__()
+        self.conv_a = nn.Conv2d(2, 3, 1)
+        self.bn = nn.BatchNorm2d(3)
+        self.conv_b = nn.Conv2d(3, 2, 1)
+        self.conv_c = nn.Conv2d(3, 2, 1)
+        with torch.no_grad():
+            self.conv_a.weight.copy_(torch.tensor([[1.0, 0], [0, 0], [0, 1]]).view(3, 2, 1, 1))
+            self.conv_a.bias.copy_(torch.tensor([0.0, -1.0, 0.0]))
+            self.bn.weight.copy_(torch.tensor([1.0, -0.5, 2.0]))
+
+    def forward(self, x, feature_hook=None):
+        activated = F.relu(self.conv_a(x))
+        out = self.conv_b(activated) + self.conv_c(activated)
+        return out if feature_hook is None else feature_hook(out, 1)
+
+
+def test_conv_inputs_are_their_channels_norms_and_zero_fractions_and_say_what_they_read():
+    model = TwoConvs().train()
+    images = torch.randn(6, 2, 5, 5, generator=torch.Generator().manual_seed(0))
+    before = state(model)
+    activated = F.relu(torch.stack([images[:, 0], -torch.ones_like(images[:, 0]), images[:, 1]], 1))
+    norms = analysis.conv_input_norms(model, [images[:4], images[4:]])
+    assert list(norms) == ["conv_a", "conv_b", "conv_c"]
+    torch.testing.assert_close(norms["conv_a"], images.flatten(2).norm(dim=2).mean(0))
+    torch.testing.assert_close(norms["conv_b"], activated.flatten(2).norm(dim=2).mean(0))
+    dead = analysis.dead_channels(model, [images])
+    expected = (activated == 0).float().flatten(2).mean((0, 2))
+    torch.testing.assert_close(dead["conv_b"], expected)
+    assert dead["conv_b"][1] == 1.0 and 0.2 < dead["conv_b"][0] < 0.8 and dead["conv_a"].sum() == 0
+    seen = analysis.observe_activations(model, [images])
+    assert seen.reads == {"conv_a": "input", "conv_b": "conv_b", "conv_c": "conv_b"}
+    assert seen.distinct_convs() == ["conv_b"]
+    assert model.training and same_state(state(model), before)
+    torch.testing.assert_close(analysis.batchnorm_scales(model)["bn"], torch.tensor([1.0, 0.5, 2.0]))
+    statistics = analysis.block_statistics({"conv_b": norms["conv_b"]}, {"conv_b": dead["conv_b"]},
+                                           analysis.batchnorm_scales(model))
+    assert statistics["conv_input_dead"] == {"conv_b": pytest.approx(1 / 3)}
+    assert statistics["conv_input_lagging"]["conv_b"] == pytest.approx(1 / 3)  # the dead channel: norm 0
+    assert statistics["bn_scale_lagging_0.5"] == {"bn": pytest.approx(1 / 3)}  # 0.5 < 0.5 x mean 7/6
+
+
+def test_conv_inputs_of_every_network_and_of_an_adapted_one():
+    for name, width in (("preactresnet18", 4), ("wrn16_8", 1), ("resnext29_4_24", 8)):
+        model = models.build(name, 5, width=width)
+        convs = {n: m for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+        seen = analysis.observe_activations(model, [torch.randn(3, 3, 32, 32)])
+        assert list(seen.conv_norms) == list(seen.conv_zero_fractions) == list(convs)  # every conv, in module order
+        assert all(seen.conv_norms[n].shape == (m.in_channels,) for n, m in convs.items())
+        assert [n for n, reads in seen.reads.items() if reads == "input"] == [next(iter(convs))]  # the stem
+    # a pre-activation block's projection shortcut reads conv1's input, the post-BN+ReLU tensor
+    assert analysis.observe_activations(tiny_model(), [torch.randn(2, 3, 32, 32)]).reads["stages.1.0.shortcut"] == \
+        "stages.1.0.conv1"
+    import torchvision
+
+    adapted = models.adapt_torchvision_resnet(torchvision.models.resnet18(num_classes=5))
+    dead = analysis.dead_channels(adapted, [torch.randn(2, 3, 64, 64)])
+    assert "model.layer1.0.conv1" in dead and dead["model.layer1.0.conv1"].shape == (64,)
+
+
 def test_bottom_share_is_the_weakest_fraction_of_the_total():
     norms = torch.tensor([10.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0])  # total 55
     assert analysis.bottom_share(norms, 0.1) == pytest.approx(1 / 55)
@@ -366,7 +432,7 @@ def test_the_probe_changes_no_training_result(tmp_path, restore_determinism):
     weights = [load_checkpoint(tmp_path / name / "checkpoints" / "last.pt")["model"] for name in ("off", "on")]
     assert same_state(*weights)
     probe_keys = {"filter_gini", "filter_top_share", "filter_bottom_share", "filter_lagging", "filter_lagging_0.25",
-                  "filter_lagging_0.5", "filter_probe_s"}
+                  "filter_lagging_0.5", "filter_probe_s", *analysis.PROBE_BLOCK_STATISTICS}
     timing = {"images_per_s", "epoch_time_s", "eval_time_s"} | probe_keys
     off, on = rows(tmp_path / "off"), rows(tmp_path / "on")
     assert [{k: v for k, v in r.items() if k not in timing} for r in off] == \

@@ -24,6 +24,7 @@ TINY_MEASUREMENTS = {
     "filters": dict(images=12, top_fraction=0.1),
     "reliance": dict(images=12, fractions=(0.0, 0.25, 0.5), draws=2),
     "hessian": dict(images=6, batch=3, iters=2, tol=1e-3, trace_samples=2),
+    "blocks": dict(images=12, top_fraction=0.1),
 }
 TYPES = ("vanilla", "catchup_mix", "catchup_mix random")
 
@@ -68,8 +69,14 @@ def test_each_run_measures_itself_and_the_tables_answer_the_three_claims(tmp_pat
         made = parts["corruptions"][measurement.key("corruptions")]["numbers"]
         assert made["output_fingerprint"] == corruptions.output_fingerprint(32)
         assert made["set_info"]["generator"] == corruptions.generator_fingerprint(32)
-        # the probe ran after every epoch: Gini and lagging over the epochs are in the history
-        assert all("filter_lagging_0.5" in row for row in result["history"])
+        # inside the blocks: every conv's input channels and every BN's scale, statistics over the distinct inputs
+        blocks = parts["blocks"][measurement.key("blocks")]["numbers"]
+        assert blocks["conv_reads"]["stem"] == "input" and "stem" not in blocks["conv_input_dead"]
+        assert len(blocks["conv_input_norms"]["stages.1.0.conv1"]) == 4 and "stages.1.0.shortcut" in blocks["conv_reads"]
+        assert set(blocks["bn_scale_gini"]) == set(blocks["bn_scales"]) and all(
+            0 <= value <= 1 for value in blocks["conv_input_dead"].values())
+        # the probe ran after every epoch: Gini and lagging over the epochs are in the history, inside the blocks too
+        assert all("filter_lagging_0.5" in row and "conv_input_dead" in row for row in result["history"])
     markdown = (tmp_path / "tables" / "smoke" / "evidence.md").read_text()
     for heading in ("the key comparisons", "Claim 1, accuracy", "Claim 2a, adversarial", "Claim 2b, corruptions",
                     "Claim 3, mechanism: Gini", "Claim 3, reliance", "Claim 3, flatness", "What the measurements cost"):
@@ -218,3 +225,28 @@ def test_medium_plan_follows_the_order_of_the_issue():
     assert all(run.config["filter_probe"] == 500 for run in runs)
     just_three = evidence.plan_evidence(artifacts.Settings("medium", [0, 1, 2], Path(".")), {})
     assert len(just_three) == 15 + 3 * len(baselines) // 3
+
+
+def test_medium_wd_plan_is_the_selection_ablation_at_its_own_weight_decay():
+    runs = evidence.plan_evidence(artifacts.Settings("medium_wd", list(range(10)), Path(".")), {})
+    order = [(run.labels["run_type"], run.seed) for run in runs]
+    assert order[:20] == [(label, seed) for seed in range(5) for label in evidence.SELECTIONS]
+    assert order[20:] == [(label, seed) for seed in range(5, 10) for label in ("catchup_mix", "catchup_mix random")]
+    assert {run.config["weight_decay"] for run in runs} == {evidence.MEDIUM_WD_TRAINING["weight_decay"]}
+    medium = evidence.plan_evidence(artifacts.Settings("medium", list(range(10)), Path(".")), {})
+    # the same protocol but the weight decay, and never one of the medium runs
+    assert {k: v for k, v in runs[0].config.items() if k != "weight_decay"} == \
+        {k: v for k, v in medium[0].config.items() if k != "weight_decay"}
+    assert not {run.key for run in runs} & {run.key for run in medium}
+    assert set(evidence.MEASUREMENTS["medium_wd"]) == set(evidence.MEASUREMENTS["medium"]) | {"blocks"}
+
+
+def test_run_types_restrict_what_is_trained_not_what_is_compared(tmp_path, tiny_evidence, capsys):
+    assert reproduce_main(["evidence", "--scale", "smoke", "--out", str(tmp_path), "--run-types", "vanilla",
+                           "--dry-run"]) == 0
+    printed = capsys.readouterr().out
+    assert "# evidence at smoke scale: 1 runs" in printed and "# vanilla-seed0 [" in printed
+    assert "catchup_mix-seed0 [" not in printed and "2 runs of the other run types, 0 of them stored" in printed
+    assert reproduce_main(["evidence", "--scale", "smoke", "--out", str(tmp_path), "--run-types", "nosuch"]) == 2
+    assert "unknown run type(s) ['nosuch']" in capsys.readouterr().err
+    assert reproduce_main(["table1", "--out", str(tmp_path), "--run-types", "vanilla", "--dry-run"]) == 2
