@@ -156,6 +156,35 @@ def batchnorm_scales(model: torch.nn.Module) -> dict[str, torch.Tensor]:
             if isinstance(module, torch.nn.BatchNorm2d) and module.weight is not None}
 
 
+@torch.no_grad()
+def batchnorm_after_hook_points(model: torch.nn.Module, inputs: torch.Tensor) -> dict[int, torch.nn.Module | None]:
+    """{hook point k: the BatchNorm2d that reads hook point k's features as they are, or None where no BN
+    does}, found on one eval-mode forward of `inputs` (two images are enough). In a pre-activation network it
+    is the next block's first BN, and ReLU(BN(features)) is what the next conv reads; a post-activation
+    network (ResNeXt, torchvision's ResNets) feeds its hook points to a conv directly: None."""
+    seen: dict[int, torch.Tensor] = {}
+    found: dict[int, torch.nn.Module] = {}
+
+    def observe(features: torch.Tensor, k: int) -> torch.Tensor:
+        seen[k] = features
+        return features
+
+    def observe_batchnorm(module, args) -> None:
+        for k, features in seen.items():
+            if args[0] is features:
+                found.setdefault(k, module)
+
+    handles = [module.register_forward_pre_hook(observe_batchnorm) for module in model.modules()
+               if isinstance(module, torch.nn.BatchNorm2d)]
+    try:
+        with _eval_mode(model):
+            model(inputs.to(_device_of(model, inputs.device)), feature_hook=observe)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {k: found.get(k) for k in sorted(seen)}
+
+
 # A channel that is zero at this fraction of positions or more is dead (docs/evidence.md: the pilot found them
 # at 99-100%, every other channel well under 90%).
 DEAD_FRACTION = 0.99

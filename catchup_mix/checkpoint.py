@@ -1,6 +1,7 @@
 """Atomic writes and checked reads: an interrupted run never leaves a half-written file behind; measurements
 merged part by part, so none overwrites another."""
 
+import hashlib
 import json
 import os
 import secrets
@@ -55,11 +56,32 @@ def check_writable(folder: str | Path) -> None:
                       "(--out) or make this one writable") from None
 
 
+def weights_fingerprint(model_state: dict) -> str:
+    """A short hash of a model's state (weights and buffers, names, dtypes, shapes): the identity of what a
+    measurement measured. Equal states give equal fingerprints on any machine; one changed bit changes it."""
+    digest = hashlib.sha256()
+    for name in sorted(model_state):
+        tensor = model_state[name].detach().cpu().contiguous()
+        digest.update(f"{name} {tensor.dtype} {tuple(tensor.shape)}\n".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def checkpoint_identity(path: str | Path) -> dict:
+    """{"epoch", "weights"} of a checkpoint: the weights' fingerprint, with the epoch that made them."""
+    state = load_checkpoint(path)
+    return {"epoch": state["epoch"], "weights": weights_fingerprint(state["model"])}
+
+
 class MeasurementFile:
     """Measurements of one model in a JSON file, merged part by part: data[field][part][settings key] holds
     one entry. Measuring a part again with the same settings replaces only that entry; other parts, and the
     same part measured with other settings, stay. `put` rewrites the file atomically, so a measurement that
-    is interrupted keeps every part that finished before."""
+    is interrupted keeps every part that finished before.
+
+    A measurement belongs to the weights it measured: an entry's "checkpoint" holds their identity
+    (`checkpoint_identity`), `get(..., weights=)` finds only an entry of those weights, and an entry of other
+    weights that `put` replaces is kept apart, under "replaced", never shown as the new weights' numbers."""
 
     def __init__(self, path: str | Path, field: str = "parts"):
         self.path, self.field = Path(path), field
@@ -71,14 +93,24 @@ class MeasurementFile:
                 raise CheckpointError(f"{self.path} is not valid JSON ({error}); it was left untouched: move it "
                                       "away, or write elsewhere (--out)") from None
 
-    def get(self, part: str, key: str) -> dict | None:
-        return self.data.get(self.field, {}).get(part, {}).get(key)
+    def get(self, part: str, key: str, weights: str | None = None) -> dict | None:
+        """The entry of (part, settings key); with `weights`, only if it measured those weights."""
+        entry = self.data.get(self.field, {}).get(part, {}).get(key)
+        return None if entry is None or (weights is not None and measured_weights(entry) != weights) else entry
 
     def put(self, part: str, key: str, entry: dict, **header) -> None:
         """Store `entry` for (part, key), update the file's top-level `header` fields, and write."""
+        old = self.get(part, key)
+        if old is not None and measured_weights(old) != measured_weights(entry):
+            self.data.setdefault("replaced", []).append({"part": part, "settings_key": key, **old})
         self.data.update(header)
         self.data.setdefault(self.field, {}).setdefault(part, {})[key] = entry
         write_json(self.path, self.data)
+
+
+def measured_weights(entry: dict) -> str | None:
+    """The fingerprint of the weights a stored entry measured; None for an entry stored before they were recorded."""
+    return entry.get("checkpoint", {}).get("weights")
 
 
 def write_jsonl(path: str | Path, rows: list[dict]) -> None:

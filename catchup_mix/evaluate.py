@@ -13,7 +13,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from . import data, models, provenance
-from .checkpoint import check_writable, load_checkpoint, write_json
+from .checkpoint import check_writable, load_checkpoint, weights_fingerprint, write_json
 from .config import Config, make_config, resolve_runtime
 from .precision import autocast_for
 
@@ -105,6 +105,7 @@ class LoadedRun:
     epoch: int
     same_numerics: bool  # same device type and precision as the training run: logged numbers reproduce
     provenance: dict  # how the checkpoint was made (commit, time, host, device), as its run recorded it
+    weights: str  # the fingerprint of the weights (checkpoint.weights_fingerprint): what a measurement measured
 
     def test_loader(self, batch_size: int = 500) -> data.BatchLoader:
         return data.BatchLoader(self.dataset.test, batch_size, mean=self.dataset.mean, std=self.dataset.std,
@@ -135,7 +136,7 @@ def load_run(path, data_root: str | None = None, device: str = "auto") -> Loaded
     if config.channels_last and torch_device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     return LoadedRun(config, model, dataset, torch_device, autocast_for(torch_device, config.precision),
-                     saved["epoch"], same_device, saved.get("provenance", {}))
+                     saved["epoch"], same_device, saved.get("provenance", {}), weights_fingerprint(saved["model"]))
 
 
 def evaluate_checkpoint(path, data_root: str | None = None, device: str = "auto", out=None) -> dict:
@@ -146,7 +147,7 @@ def evaluate_checkpoint(path, data_root: str | None = None, device: str = "auto"
     metrics = evaluate(run.model, run.test_loader(), run.device, run.autocast)
     config = run.config
     result = {
-        "checkpoint": str(path), "epoch": run.epoch, **metrics,
+        "checkpoint": str(path), "epoch": run.epoch, "weights": run.weights, **metrics,
         "method": config.method, "model": config.model, "dataset": config.dataset, "seed": config.seed,
         "precision": config.precision, "same_numerics_as_training": run.same_numerics,
         "provenance": provenance.collect(run.device),

@@ -21,8 +21,9 @@ layers, so the ops here are our own (`catchup_mix.ops`).
 """
 
 import math
+import weakref
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 import torch
@@ -81,14 +82,14 @@ def available() -> list[str]:
 
 def settable_options(name: str) -> list[str]:
     """The options a user sets for method `name` (num_hook_points is the model's, set by whoever builds it)."""
-    return [f.name for f in fields(METHODS[name]) if f.name != "num_hook_points"]
+    return [f.name for f in fields(METHODS[name]) if f.init and f.name != "num_hook_points"]
 
 
 def build(name: str, **options):
     """Build a registered method; unknown names or options raise ValueError listing the valid ones."""
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; available: {', '.join(available())}")
-    valid = [f.name for f in fields(METHODS[name])]
+    valid = [f.name for f in fields(METHODS[name]) if f.init]
     unknown = sorted(set(options) - set(valid))
     if unknown:
         raise ValueError(f"unknown option(s) {unknown} for method {name!r}; valid options: {', '.join(valid)}")
@@ -258,9 +259,21 @@ class CatchupMix(Method):
     selection: str = "low"
     rfi: str = "relative"
     label: str = "lambda"
+    # What ranks the channels: "features", the hook point's own maps (the paper), or "next_conv_input", what the
+    # next conv reads of them, ReLU(BN(features)) through the BN that follows the hook point (with the batch's
+    # statistics, as in training): this project's variant (docs/method.md), not the paper's. In a pre-activation
+    # network weight decay silences a filter there (its BN scale shrinks, the ReLU zeroes it) while the residual
+    # stream at the hook point keeps it alive. Where no BN follows a hook point, the features rank as they are.
+    rank_by: str = "features"
+    # model -> {hook point: the BN after it}, found once per model (analysis.batchnorm_after_hook_points)
+    _batchnorms: weakref.WeakKeyDictionary = field(default_factory=weakref.WeakKeyDictionary, init=False,
+                                                   repr=False, compare=False)
 
     def __post_init__(self):
         super().__post_init__()
+        if self.rank_by not in ("features", "next_conv_input"):
+            raise ValueError(f"catchup_mix: unknown rank_by {self.rank_by!r}; use 'features' or 'next_conv_input'")
+        self.needs_model = self.rank_by == "next_conv_input"
         if self.selection not in ops.SELECTIONS:
             raise ValueError(f"catchup_mix: unknown selection {self.selection!r}; use one of {ops.SELECTIONS}")
         if self.rfi not in ops.RFI_MODES:
@@ -275,11 +288,26 @@ class CatchupMix(Method):
             return cutmix_batch(inputs, targets, self.cutmix_alpha, generator)
         perm = to_device(draw_partners(inputs.shape[0], generator), inputs.device)
         lam = draw_beta(self.alpha, generator)
+        batchnorm = self._batchnorm_after(layer, model, inputs) if self.rank_by == "next_conv_input" else None
 
         def mix_features(features: torch.Tensor, batch: MixedBatch) -> torch.Tensor:
             if self.label == "channels":
                 channels = features.shape[1]
                 batch.lam = math.floor(lam * channels) / channels
-            return ops.catchup_mix_features(features, lam, perm, self.selection, self.rfi, generator)
+            ranked_by = None
+            if batchnorm is not None:
+                with torch.no_grad():  # the ranking is not differentiated; no running statistics updated
+                    ranked_by = torch.relu(torch.nn.functional.batch_norm(
+                        features, None, None, batchnorm.weight, batchnorm.bias, training=True, eps=batchnorm.eps))
+            return ops.catchup_mix_features(features, lam, perm, self.selection, self.rfi, generator, ranked_by)
 
         return mix_at_layer(inputs, targets, perm, lam, layer, mix_features)
+
+    def _batchnorm_after(self, layer: int, model: torch.nn.Module, inputs: torch.Tensor):
+        from . import analysis
+        from .saliency import unwrap
+
+        model = unwrap(model)
+        if model not in self._batchnorms:
+            self._batchnorms[model] = analysis.batchnorm_after_hook_points(model, inputs[:2])
+        return self._batchnorms[model].get(layer)

@@ -24,6 +24,7 @@ def catchup_mix_features(
     selection: str = "low",
     rfi: str = "relative",
     generator: torch.Generator | None = None,
+    ranked_by: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Mix each sample's feature maps with its partner's, channel by channel.
 
@@ -34,6 +35,8 @@ def catchup_mix_features(
     normalisation by the sum. Gradients flow into both samples' maps; the ranking has none.
 
     features: (B, C, H, W); lam: in [0, 1]; perm: (B,) permutation of range(B), on any device.
+    ranked_by: (B, C, h, w) maps whose norms rank the channels instead of the features' own (this project's
+    variant, docs/method.md: what the next conv sees of the features); the features are what is mixed.
     """
     _check_mix_arguments(features, lam, perm)
     if selection not in SELECTIONS:
@@ -41,6 +44,9 @@ def catchup_mix_features(
     if rfi not in RFI_MODES:
         raise ValueError(f"unknown rfi {rfi!r}; use one of {RFI_MODES}")
     batch, channels = features.shape[:2]
+    if ranked_by is not None and ranked_by.shape[:2] != features.shape[:2]:
+        raise ValueError(f"ranked_by has shape {tuple(ranked_by.shape)}; it must have the features' batch and "
+                         f"channels, {tuple(features.shape[:2])}")
     perm = perm.to(features.device, non_blocking=True)
     kept = math.floor(lam * channels)
     with torch.no_grad():
@@ -51,7 +57,8 @@ def catchup_mix_features(
         else:
             # norms accumulated in float32 (bf16 sums over H*W would reorder near-equal channels at random),
             # without a float32 copy of the features
-            norms = torch.linalg.vector_norm(features.detach().flatten(2), dim=2, dtype=torch.float32)
+            ranked = features if ranked_by is None else ranked_by
+            norms = torch.linalg.vector_norm(ranked.detach().flatten(2), dim=2, dtype=torch.float32)
             if rfi == "relative":
                 norms = norms / norms.sum(dim=1, keepdim=True).clamp_min(1e-12)
             influence = norms - norms[perm]

@@ -576,7 +576,7 @@ def evaluate_suite(checkpoint, suite, settings: SuiteSettings | None = None, *, 
     content.
     """
     from . import provenance
-    from .checkpoint import MeasurementFile, check_writable
+    from .checkpoint import MeasurementFile, check_writable, checkpoint_identity, measured_weights
     from .evaluate import load_run
 
     suite = check_suite(suite)
@@ -585,10 +585,19 @@ def evaluate_suite(checkpoint, suite, settings: SuiteSettings | None = None, *, 
     show = show or (lambda lines: print("\n".join(lines), flush=True))
     store = MeasurementFile(out)  # an unreadable file stops here, untouched
     check_writable(out.parent)  # before the checkpoint, the data and the hours of work
-    todo = [part for part in suite if remeasure or store.get(part, settings.part_key(part)) is None]
+    identity = checkpoint_identity(checkpoint)  # the numbers kept belong to these weights, and only to these
+    todo = [part for part in suite if remeasure or store.get(part, settings.part_key(part), identity["weights"]) is None]
     kept = [part for part in suite if part not in todo]
     if kept:
-        show([f"already measured with these settings in {out}, kept: {', '.join(kept)} (--remeasure to redo)"])
+        show([f"already measured with these settings on these weights (epoch {identity['epoch']}) in {out}, kept: "
+              f"{', '.join(kept)} (--remeasure to redo)"])
+    others = {part: store.get(part, settings.part_key(part)) for part in todo}
+    others = {part: entry for part, entry in others.items() if entry and measured_weights(entry) != identity["weights"]}
+    if others:
+        earlier = sorted({str(entry.get("checkpoint", {}).get("epoch", "unknown")) for entry in others.values()})
+        show([f"{out} holds {', '.join(others)} measured on other weights (epoch {', '.join(earlier)}; the checkpoint "
+              f"has changed since, e.g. trained further): measuring these weights (epoch {identity['epoch']}) anew; "
+              "the earlier numbers are kept apart, under \"replaced\" in that file"])
     if "corruptions" in todo and corruptions_dir is None:
         raise _no_corruption_set()  # before the checkpoint and data are loaded
     if todo:
@@ -601,7 +610,9 @@ def evaluate_suite(checkpoint, suite, settings: SuiteSettings | None = None, *, 
 
         def save(part, entry):
             show(part_lines(part, entry["numbers"], entry["settings"]))
-            store.put(part, settings.part_key(part), {**entry, "provenance": info}, **header)
+            store.put(part, settings.part_key(part), {**entry, "provenance": info,
+                                                      "checkpoint": {"epoch": run.epoch, "weights": run.weights}},
+                      **header, weights=run.weights)
 
         show([f"{config.method} {config.model} on {config.dataset}: measuring {', '.join(todo)}"])
         run_suite(run.model, run.dataset, config, todo, settings, device=run.device, autocast=run.autocast,
@@ -611,10 +622,14 @@ def evaluate_suite(checkpoint, suite, settings: SuiteSettings | None = None, *, 
 
 
 def current_parts(stored: dict, suite, settings: SuiteSettings) -> dict:
-    """{part: entry} of a MeasurementFile's content, for the parts of `suite` measured with `settings`."""
+    """{part: entry} of a MeasurementFile's content, for the parts of `suite` measured with `settings` on the
+    weights the file was last measured on (its "weights"; parts of earlier weights are left out)."""
+    from .checkpoint import measured_weights
+
     parts = stored.get("parts", {})
     found = {part: parts.get(part, {}).get(settings.part_key(part)) for part in check_suite(suite)}
-    return {part: entry for part, entry in found.items() if entry is not None}
+    return {part: entry for part, entry in found.items()
+            if entry is not None and measured_weights(entry) == stored.get("weights")}
 
 
 def part_lines(part: str, numbers: dict, part_settings: dict) -> list[str]:

@@ -24,6 +24,7 @@ from .checkpoint import (
     check_writable,
     load_checkpoint,
     save_checkpoint,
+    weights_fingerprint,
     write_json,
     write_jsonl,
 )
@@ -160,7 +161,8 @@ def train(config: Config, resume: bool = False, extend: bool = False) -> dict:
             if is_main:
                 print(f"{run_dir} has finished its {saved['epoch']} epochs: nothing to do (to train it further, "
                       "raise epochs and pass --extend)", flush=True)
-            return summarize(saved["history"], make_config(saved["config"]), saved["provenance"])
+            return summarize(saved["history"], make_config(saved["config"]), saved["provenance"],
+                             weights_fingerprint(saved["model"]))
     set_determinism(config, device)
 
     # Data: whole splits in memory (on the GPU when there is one); augmentation on batches.
@@ -276,7 +278,7 @@ def train(config: Config, resume: bool = False, extend: bool = False) -> dict:
         if world_size > 1:
             dist.barrier()
 
-    summary = summarize(history, config, info)
+    summary = summarize(history, config, info, weights_fingerprint(model.state_dict()))
     if is_main:
         write_json(run_dir / "summary.json", summary)
         print(f"done: top-1 last {summary['last_top1']:.2f}, best {summary['best_top1']:.2f} "
@@ -341,7 +343,9 @@ def evaluates(config: Config, epoch: int) -> bool:
     return epoch % config.eval_every == 0 or epoch > config.epochs - 10
 
 
-def summarize(history: list[dict], config: Config, info: dict) -> dict:
+def summarize(history: list[dict], config: Config, info: dict, weights: str) -> dict:
+    """The run's numbers; `weights`: the fingerprint of its last weights (checkpoint.weights_fingerprint), so a
+    measurement of a checkpoint can tell whether it measured these."""
     evaluated = [row for row in history if "test_top1" in row]
     top1 = [row["test_top1"] for row in evaluated]
     best = max(range(len(top1)), key=top1.__getitem__)
@@ -358,6 +362,7 @@ def summarize(history: list[dict], config: Config, info: dict) -> dict:
         "wall_time_s": sum(row["epoch_time_s"] + row.get("eval_time_s", 0.0) for row in history),
         "config": to_dict(config),
         "provenance": info,
+        "weights": weights,
     }
 
 

@@ -148,7 +148,11 @@ def reproduce(name: str, settings: Settings, dry_run: bool, tables_only: bool, b
     # Read every result from disk now, not from what this process trained: where several processes share
     # an artifact, the last one to finish renders every run that any of them finished.
     results = [(run, find_result(run, settings.out)) for run in runs]
-    measurement_key = hashlib.sha256(json.dumps(sorted(r.key for r in runs)).encode()).hexdigest()[:12]
+    # a measurement belongs to the weights it measured: keyed by the runs and, where their results record them
+    # (every result trained since they are), their weights, so the measurement of earlier weights is not reused
+    measured = sorted(run.key if not result or "weights" not in result["summary"] else
+                      f"{run.key}:{result['summary']['weights']}" for run, result in results)
+    measurement_key = hashlib.sha256(json.dumps(measured).encode()).hexdigest()[:12]
     measurement_path = settings.out / "results" / name / settings.scale / f"measurement-{measurement_key}.json"
     measurement = json.loads(measurement_path.read_text()) if measurement_path.exists() else None
     if artifact.measure and measurement is None and not tables_only and all(r for _, r in results):

@@ -50,6 +50,9 @@ PROTOCOLS = {"medium": MEDIUM_TRAINING, "medium_wd": MEDIUM_WD_TRAINING}
 MEDIUM_DATA_ROOT = "data/cifar10-jpeg"  # where `../shared/data/unpack data` puts the CIFAR-10 copy
 CORE = ("vanilla", "cutmix", "catchup_mix", "catchup_mix random", "catchup_mix high")
 SELECTIONS = ("vanilla", "catchup_mix", "catchup_mix random", "catchup_mix high")
+# This project's variant, not the paper's (docs/method.md): channels ranked by what the next conv reads of them,
+# where weight decay silences filters that the hook points' residual stream keeps alive. medium_wd only.
+VARIANTS = {"catchup_mix next_conv_input": ("catchup_mix", {"rank_by": "next_conv_input"})}
 
 
 def run_types() -> dict[str, tuple[str, dict]]:
@@ -65,9 +68,10 @@ def schedule(scale: str) -> list[tuple[tuple[str, ...], range]]:
 
     medium: the 15 core runs answer all three claims for the key comparisons, then the decisive ablation (low vs
     random) to 10 seeds, `high` to 5, then the baselines. medium_wd: the selection ablation where filters lag,
-    vanilla and the three selections at seeds 0-4, then low and random to 10 seeds."""
+    vanilla, the three selections and the variant that ranks by the next conv's input at seeds 0-4, then low
+    and random to 10 seeds."""
     if scale == "medium_wd":
-        return [(SELECTIONS, range(5)), (("catchup_mix", "catchup_mix random"), range(5, 10))]
+        return [((*SELECTIONS, *VARIANTS), range(5)), (("catchup_mix", "catchup_mix random"), range(5, 10))]
     baselines = tuple(name for name in run_types() if name not in CORE)
     return [(CORE, range(3)), (("catchup_mix", "catchup_mix random"), range(3, 10)),
             (("catchup_mix high",), range(3, 5)), (baselines, range(3))]
@@ -79,10 +83,10 @@ def plan_evidence(settings, smoke_base: dict, method_options: dict | None = None
 
     Medium scales: schedule(scale), restricted to settings.seeds (default 0-9: all of it). Smoke: every run type
     at each of settings.seeds."""
-    types = run_types()
+    types = run_types() | VARIANTS
     if settings.scale == "smoke":
         base = smoke_base
-        order = [(tuple(types), settings.seeds)]
+        order = [(tuple(run_types()), settings.seeds)]
     elif settings.scale in PROTOCOLS:
         base = {**PROTOCOLS[settings.scale], "data_root": settings.data_root or MEDIUM_DATA_ROOT}
         order = schedule(settings.scale)
@@ -174,15 +178,23 @@ class Measurement:
 
     def __call__(self, run, result_path: Path, checkpoint: Path) -> None:
         from catchup_mix import provenance
-        from catchup_mix.checkpoint import MeasurementFile
+        from catchup_mix.checkpoint import MeasurementFile, measured_weights
         from catchup_mix.evaluate import load_run
 
         store = MeasurementFile(result_path, field="measurements")
-        todo = self.missing(store.data)
         loaded = load_run(checkpoint, data_root=run.config.get("data_root"), device=run.config.get("device", "auto"))
+        # A result's parts belong to one set of weights: where stored parts measured other weights than this
+        # checkpoint's (a run trained again elsewhere to measure a new part), they are measured again too. Parts
+        # stored before the weights were recorded were measured in the process that trained the run.
+        other = [part for part in self.plan if (entry := store.get(part, self.key(part)))
+                 and measured_weights(entry) not in (None, loaded.weights)]
+        todo = list(dict.fromkeys([*self.missing(store.data), *other]))
         pixel_model = robustness.Normalized(loaded.model, loaded.dataset.mean, loaded.dataset.std).to(loaded.device)
         made = {key: loaded.provenance.get(key) for key in ("commit", "dirty", "time_utc", "host", "device")}
         info = provenance.collect(loaded.device)
+        if other:
+            print(f"[evidence] {run.name}: {', '.join(other)} measured other weights than this checkpoint's: measured "
+                  "again (the earlier numbers stay, under \"replaced\" in the result file)", flush=True)
         print(f"[evidence] {run.name}: measuring {', '.join(todo)}", flush=True)
         for part in todo:
             started = time.perf_counter()
@@ -190,7 +202,7 @@ class Measurement:
             seconds = time.perf_counter() - started
             store.put(part, self.key(part), {"settings": self.part_settings(part), "subset": subset,
                                              "numbers": numbers, "seconds": seconds, "provenance": info,
-                                             "checkpoint": {"epoch": loaded.epoch, **made}})
+                                             "checkpoint": {"epoch": loaded.epoch, "weights": loaded.weights, **made}})
             print(f"[evidence] {run.name}: {part} measured in {seconds:.0f} s", flush=True)
 
     def corruption_set(self, images: torch.Tensor, labels: torch.Tensor) -> Path:

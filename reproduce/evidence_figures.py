@@ -19,7 +19,8 @@ def draw(settings, title, types, numbers, stored, plan, hook_points) -> list:
         return []
     return (accuracy_curves(settings, title, done, stored) + robustness_curves(settings, title, done, numbers, plan)
             + probe_curves(settings, title, done, stored, hook_points) + reliance_curves(settings, title, done, stored,
-                                                                                          hook_points))
+                                                                                          hook_points)
+            + block_curves(settings, title, done, stored, plan))
 
 
 def _style(types: list[str]) -> dict:
@@ -40,14 +41,18 @@ def _line(ax, xs, rows, style, label, marker="o"):
         ax.fill_between(xs, values.min(0), values.max(0), color=style["color"], alpha=0.12, lw=0)
 
 
-def _label_grid(axes, row_names, hook_points, xlabel):
-    """A grid of one row per quantity and one column per hook point: row names, column titles, grid lines."""
+def _hook_titles(hook_points) -> list[str]:
+    return [f"k={k}: {HOOK_NAMES.get(k, k)}" for k in hook_points]
+
+
+def _label_grid(axes, row_names, column_titles, xlabel):
+    """A grid of one row per quantity and one column per layer: row names, column titles, grid lines."""
     for name, row_axes in zip(row_names, axes, strict=True):
         row_axes[0].set_ylabel(name, fontsize=9)
         for ax in row_axes:
             ax.grid(alpha=0.3)
-    for ax, k in zip(axes[0], hook_points, strict=True):
-        ax.set_title(f"k={k}: {HOOK_NAMES.get(k, k)}", fontsize=9)
+    for ax, title in zip(axes[0], column_titles, strict=True):
+        ax.set_title(title, fontsize=9)
     for ax in axes[-1]:
         ax.set_xlabel(xlabel)
 
@@ -134,11 +139,57 @@ def probe_curves(settings, title, types, stored, hook_points) -> list:
         values = [row["filter_lagging_0.5"][k] for label in probed for result in stored[label].values()
                   for row in result["history"]]
         report.say_if_all_zero(ax, values, "no channel under 0.5 x its layer's mean\nin any run at any epoch")
-    _label_grid(axes, [name for _, name, _ in PROBE_ROWS], hook_points, "epoch")
+    _label_grid(axes, [name for _, name, _ in PROBE_ROWS], _hook_titles(hook_points), "epoch")
     probe = stored[probed[0]][next(iter(stored[probed[0]]))]["summary"]["config"]["filter_probe"]
     fig.suptitle(report.wrap_title(f"{title}: the filter probe after every epoch ({probe} fixed test images; "
                                    "lines: mean over seeds, bands: min to max)", fig), fontsize=10)
     return report.save_figure(settings, "evidence_probe", fig, dpi=120, legend_from=axes[0][0])
+
+
+BLOCK_ROWS = (("conv_input_dead", "dead conv-input\nchannels (%)"),
+              ("conv_input_lagging_0.25", "conv-input channels\n< 0.25 x mean (%)"),
+              ("bn_scale_lagging", "BN scales |gamma|\n< 0.1 x mean (%)"))
+
+
+def block_curves(settings, title, types, stored, plan) -> list:
+    """Inside the blocks over the epochs, from the probe: per stage, the share of its conv-input channels that
+    are dead or under a quarter of their conv's mean norm, and of its BN scales under a tenth of their mean."""
+    import matplotlib.pyplot as plt
+
+    from .evidence import Measurement
+    from .evidence_report import stage_of
+
+    if "blocks" not in plan:
+        return []
+    key = Measurement(settings).key("blocks")
+    measured = {label: [r for r in stored[label].values() if key in r.get("measurements", {}).get("blocks", {})
+                        and "conv_input_dead" in r["history"][0]] for label in types}
+    measured = {label: runs for label, runs in measured.items() if runs}
+    if not measured:
+        return []
+    blocks = next(iter(measured.values()))[0]["measurements"]["blocks"][key]["numbers"]
+    sizes = {name: len(values) for name, values in [*blocks["conv_input_norms"].items(), *blocks["bn_scales"].items()]}
+    stages = list(dict.fromkeys(stage_of(name) for name in blocks["conv_input_dead"]))
+    fig, axes = plt.subplots(len(BLOCK_ROWS), len(stages), figsize=(3.4 * len(stages), 8.5), squeeze=False,
+                             sharex=True)
+    style = _style(types)
+
+    def share(row: dict, stage: str) -> float:  # % of the stage's channels, each layer weighted by its channels
+        members = [name for name in row if stage_of(name) == stage]
+        return 100 * sum(row[name] * sizes[name] for name in members) / sum(sizes[name] for name in members)
+
+    for label, runs in measured.items():
+        epochs = [row["epoch"] for row in runs[0]["history"]]
+        for (statistic, _), row_axes in zip(BLOCK_ROWS, axes, strict=True):
+            for ax, stage in zip(row_axes, stages, strict=True):
+                _line(ax, epochs, [[share(row[statistic], stage) for row in run["history"]] for run in runs],
+                      style[label], label, marker=None)
+    _label_grid(axes, [name for _, name in BLOCK_ROWS], stages, "epoch")
+    probe = next(iter(measured.values()))[0]["summary"]["config"]["filter_probe"]
+    fig.suptitle(report.wrap_title(f"{title}: inside the blocks, where filters lag (the probe after every epoch, "
+                                   f"{probe} fixed test images; a conv's input is the BN+ReLU output before it; "
+                                   "lines: mean over seeds, bands: min to max)", fig), fontsize=10)
+    return report.save_figure(settings, "evidence_blocks", fig, dpi=120, legend_from=axes[0][0])
 
 
 def reliance_curves(settings, title, types, stored, hook_points) -> list:
@@ -163,7 +214,7 @@ def reliance_curves(settings, title, types, stored, hook_points) -> list:
             for ax, k in zip(row_axes, hook_points, strict=True):
                 fractions = runs[0][k]["fractions"]
                 _line(ax, [100 * f for f in fractions], [run[k][mode] for run in runs], style[label], label)
-    _label_grid(axes, [f"{name}:\ntest top-1 (%)" for _, name in modes], hook_points,
+    _label_grid(axes, [f"{name}:\ntest top-1 (%)" for _, name in modes], _hook_titles(hook_points),
                 "channels zeroed at this layer (%)")
     images = measurement.plan["reliance"]["images"]
     fig.suptitle(report.wrap_title(f"{title}: reliance on the strongest channels ({images} fixed test images; "

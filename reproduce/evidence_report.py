@@ -73,10 +73,42 @@ def run_numbers(result: dict, measurement) -> dict:
         numbers[f"reliance curves {k}"] = curves
     if "hessian" in parts:
         numbers |= {f"hessian {name}": value for name, value in parts["hessian"].items()}
+    if "blocks" in parts:
+        numbers |= block_numbers(parts["blocks"])
     for statistic in ("gini", "top_share", "lagging_0.5", "reliance top 0.25"):  # one number per run: the layers' mean
         per_layer = [value for key, value in numbers.items() if key.rsplit(" ", 1)[0] == statistic]
         if per_layer:
             numbers[f"{statistic} mean"] = statistics.mean(per_layer)
+    return numbers
+
+
+def stage_of(name: str) -> str:
+    """The stage a conv or BN belongs to, from its module name: "stages.1.0.conv1" -> "stage 2"."""
+    parts = name.split(".")
+    return f"stage {int(parts[1]) + 1}" if parts[0] == "stages" and parts[1].isdigit() else ".".join(parts[:2])
+
+
+# Inside the blocks, per stage and over the network ("all"): (key, statistic of the blocks part, scale, what)
+BLOCK_STATISTICS = (
+    ("dead", "conv_input_dead", 1, "dead conv-input channels (zero on at least 99% of positions), a count"),
+    ("conv lagging_0.25", "conv_input_lagging_0.25", 100, "conv-input channels under 0.25 x their conv's mean norm (%)"),
+    ("conv lagging_0.5", "conv_input_lagging_0.5", 100, "conv-input channels under 0.5 x their conv's mean norm (%)"),
+    ("bn lagging", "bn_scale_lagging", 100, "BN scales |gamma| under 0.1 x their BN's mean (%)"),
+)
+
+
+def block_numbers(blocks: dict) -> dict:
+    """Inside the blocks, per stage and over the network: dead conv-input channels (a count), and the shares
+    (%) of conv-input channels under 0.25 and 0.5 x their conv's mean norm and of BN scales under 0.1 x their
+    BN's mean. Every conv input counts once (the statistics are over the distinct ones)."""
+    sizes = {name: len(values) for name, values in [*blocks["conv_input_norms"].items(), *blocks["bn_scales"].items()]}
+    numbers = {}
+    for key, statistic, scale, _ in BLOCK_STATISTICS:
+        layers = blocks[statistic]
+        for group in ["all", *dict.fromkeys(stage_of(name) for name in layers)]:
+            members = [name for name in layers if group == "all" or stage_of(name) == group]
+            channels = sum(layers[name] * sizes[name] for name in members)  # the channels counted, over the group
+            numbers[f"{key} {group}"] = channels if key == "dead" else scale * channels / sum(sizes[n] for n in members)
     return numbers
 
 
@@ -175,17 +207,23 @@ SUMMARY = (
     ("hessian top_eigenvalue", "Top Hessian eigenvalue", -1, 2, 1),
     ("hessian trace", "Hessian trace", -1, 1, 1),
 )
-SUMMARY_AGAINST = ("vanilla", "cutmix", "catchup_mix random", "catchup_mix high")
+SUMMARY_BLOCKS = (  # where the blocks are measured (medium_wd): where lagging filters live
+    ("dead all", "Dead conv-input channels, count over the network", -1, 2, 1),
+    ("conv lagging_0.25 all", "Conv-input channels under 0.25 x their conv's mean (%)", -1, 2, 1),
+    ("bn lagging all", "BN scales under 0.1 x their BN's mean (%)", -1, 2, 1),
+)
+SUMMARY_AGAINST = ("vanilla", "cutmix", "catchup_mix random", "catchup_mix high", *evidence.VARIANTS)
 
 
-def summary_table(title: str, numbers: dict, notes: list[str]) -> report.Table:
-    """The key comparisons of all three claims in one table: Catch-up Mix minus vanilla, CutMix and its own
-    random- and high-channel ablations."""
+def summary_table(title: str, types: list[str], numbers: dict, notes: list[str], blocks: bool) -> report.Table:
+    """The key comparisons of all three claims in one table: Catch-up Mix minus vanilla, CutMix, its own
+    random- and high-channel ablations and this project's variant, those of them the scale has."""
+    against = [other for other in SUMMARY_AGAINST if other in types]
     rows = [[what, "higher" if sign > 0 else "lower",
-             *(paired_cell(paired_differences(numbers, REFERENCE, other, key), digits, scale)
-               for other in SUMMARY_AGAINST)] for key, what, sign, digits, scale in SUMMARY]
+             *(paired_cell(paired_differences(numbers, REFERENCE, other, key), digits, scale) for other in against)]
+            for key, what, sign, digits, scale in (*SUMMARY, *(SUMMARY_BLOCKS if blocks else ()))]
     return report.Table(title, notes, ["Catch-up Mix minus ... (95% t interval)", "Better if",
-                                       *(f"vs {other}" for other in SUMMARY_AGAINST)], [("", rows)])
+                                       *(f"vs {other}" for other in against)], [("", rows)])
 
 
 def claim_tables(title: str, types: list[str], numbers: dict, columns: list[tuple], better: str,
@@ -289,8 +327,21 @@ def render(settings, results, measurement_unused) -> list:
          f"exact eigenpair; runs whose iteration hit the cap unconverged: {unconverged(numbers)}). Trace: "
          f"{hessian['trace_samples']} Rademacher vectors, with the standard error of their mean. Neither is "
          "invariant to reparametrisation (Dinh et al. 2017)."])
-    summary = summary_table(f"{title}: the key comparisons", numbers,
-                            evidence_notes(settings, results, measurement, numbers))
+    if "blocks" in plan:
+        stages = sorted({key.removeprefix("dead ") for runs in numbers.values() for run in runs.values() for key in run
+                         if key.startswith("dead ")}, key=lambda group: (group != "all", group))
+        for key, _, _, what in BLOCK_STATISTICS:
+            mechanism += claim_tables(
+                f"Claim 3, inside the blocks: {what}, per stage", types, numbers,
+                [(f"{key} {group}", "network" if group == "all" else group, 2, 1) for group in stages],
+                "Negative differences favour the paper's claim (fewer lagging or dead channels).",
+                [f"On {plan['blocks']['images']} fixed test images, the last epoch's weights in eval mode. A conv's "
+                 "input: in PreActResNet-18 the output of the BN and ReLU before it, where a filter that weight "
+                 "decay has silenced shows; each distinct input once (a projection shortcut reads its block's "
+                 "conv1 input; the stem reads the image and is left out). Shares are over the channels of the "
+                 "stage's conv inputs (BN scales: of its BNs)."])
+    summary = summary_table(f"{title}: the key comparisons", types, numbers,
+                            evidence_notes(settings, results, measurement, numbers), "blocks" in plan)
     tables = [summary, *accuracy, *adversarial, *shift, *mechanism, cost_table(settings, stored, measurement)]
     from . import evidence_figures
 

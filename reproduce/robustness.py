@@ -59,6 +59,14 @@ def _made_like_today(stored: dict, official: Path | None) -> bool:
     return size is not None and stored.get("corruptions_output") == corruptions.output_fingerprint(size)
 
 
+def _same_weights(cached: dict, result: dict | None) -> bool:
+    """Whether a cached measurement measured the weights of the run's stored result (unknown counts as the
+    same: neither recorded them before fingerprints were kept)."""
+    measured = cached.get("checkpoint", {}).get("weights")
+    trained = (result or {}).get("summary", {}).get("weights")
+    return measured is None or trained is None or measured == trained
+
+
 def measure(settings, results) -> dict:
     from catchup_mix import provenance
     from catchup_mix.checkpoint import write_json
@@ -67,12 +75,13 @@ def measure(settings, results) -> dict:
 
     suite = suite_settings(settings)
     measured = []
-    for run, _ in results:
+    for run, result in results:
         path = cache_path(settings, run)
         official = official_set(settings, run)
-        if path.is_file() and _made_like_today(json.loads(path.read_text()), official):
+        cached = json.loads(path.read_text()) if path.is_file() else None
+        if cached and _made_like_today(cached, official) and _same_weights(cached, result):
             measured.append(str(path))
-            continue  # measured before, on the corrupted set a measurement now would use
+            continue  # measured before, on these weights and the corrupted set a measurement now would use
         checkpoint = runner.checkpoint(run, settings.out)
         loaded = load_run(checkpoint, settings.data_root, run.config.get("device", "auto"))
         folder = official or generated_set(settings, loaded)
@@ -80,6 +89,7 @@ def measure(settings, results) -> dict:
         numbers = run_suite(loaded.model, loaded.dataset, loaded.config, SUITE, suite, device=loaded.device,
                             autocast=loaded.autocast, corruptions_dir=folder, data_root=settings.data_root)
         made = {key: loaded.provenance.get(key) for key in ("commit", "dirty", "time_utc", "host", "device")}
+        made["weights"] = loaded.weights
         output = None if official else corruptions.output_fingerprint(loaded.dataset.test.images.shape[-1])
         write_json(path, {"labels": run.labels, "seed": run.seed, "run_key": run.key, "epoch": loaded.epoch,
                           "precision": loaded.config.precision, "same_numerics_as_training": loaded.same_numerics,

@@ -20,7 +20,7 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
-from catchup_mix.checkpoint import write_json
+from catchup_mix.checkpoint import checkpoint_identity, write_json
 from catchup_mix.config import ConfigError, make_config, resolve_runtime, to_dict
 
 # Config keys that say where or how a run executes, not what it computes: left out of the key.
@@ -118,15 +118,22 @@ def held_by_another_process(run: Run, out: Path) -> bool:
 
 def checkpoint(run: Run, out: Path) -> Path:
     """The finished run's last checkpoint, for artifacts that measure trained models. A run whose result
-    was found without its run folder (results are committed, runs/ is not) is trained again into it."""
+    was found without its run folder (results are committed, runs/ is not) is trained again into it; where
+    its weights are not those the result recorded, the output says so."""
     run_dir = run.run_dir(out)
     if not (run_dir / "summary.json").exists():
         with _exclusive(run_dir) as mine:
             if not mine:
                 raise RuntimeError(f"{run.name} is being trained by another process in {run_dir}: run this "
                                    "again when it has finished")
-            return _trained_checkpoint(run, run_dir)
-    return run_dir / "checkpoints" / "last.pt"
+            _trained_checkpoint(run, run_dir)
+    path = run_dir / "checkpoints" / "last.pt"
+    recorded = (find_result(run, out) or {}).get("summary", {}).get("weights")
+    if recorded and (here := checkpoint_identity(path)["weights"]) != recorded:
+        print(f"[{run.artifact}] {run.name}: the checkpoint's weights ({here}) are not those of the stored result "
+              f"({recorded}): what is measured now belongs to these weights, not to the result's training numbers",
+              flush=True)
+    return path
 
 
 def _trained_checkpoint(run: Run, run_dir: Path) -> Path:

@@ -83,7 +83,8 @@ def test_each_run_measures_itself_and_the_tables_answer_the_three_claims(tmp_pat
         assert heading in markdown
     assert "catchup_mix − catchup_mix random" in markdown
     assert any(line.startswith("| vanilla |") and "| 100.0 |" in line for line in markdown.splitlines())  # its mCE
-    for name in ("evidence", "evidence_robustness", "evidence_probe", "evidence_reliance"):
+    assert "Claim 3, inside the blocks: dead conv-input channels" in markdown
+    for name in ("evidence", "evidence_robustness", "evidence_probe", "evidence_reliance", "evidence_blocks"):
         assert matplotlib.image.imread(tmp_path / "figures" / "smoke" / f"{name}.png")[..., :3].std() > 0.05
 
     # tables and figures again from the stored results alone, identical
@@ -230,8 +231,10 @@ def test_medium_plan_follows_the_order_of_the_issue():
 def test_medium_wd_plan_is_the_selection_ablation_at_its_own_weight_decay():
     runs = evidence.plan_evidence(artifacts.Settings("medium_wd", list(range(10)), Path(".")), {})
     order = [(run.labels["run_type"], run.seed) for run in runs]
-    assert order[:20] == [(label, seed) for seed in range(5) for label in evidence.SELECTIONS]
-    assert order[20:] == [(label, seed) for seed in range(5, 10) for label in ("catchup_mix", "catchup_mix random")]
+    first = (*evidence.SELECTIONS, "catchup_mix next_conv_input")
+    assert order[:25] == [(label, seed) for seed in range(5) for label in first]
+    assert order[25:] == [(label, seed) for seed in range(5, 10) for label in ("catchup_mix", "catchup_mix random")]
+    assert runs[4].config["method_options"] == {"rank_by": "next_conv_input"}
     assert {run.config["weight_decay"] for run in runs} == {evidence.MEDIUM_WD_TRAINING["weight_decay"]}
     medium = evidence.plan_evidence(artifacts.Settings("medium", list(range(10)), Path(".")), {})
     # the same protocol but the weight decay, and never one of the medium runs

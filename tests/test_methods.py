@@ -6,7 +6,7 @@ import pytest
 import torch
 import torchvision
 
-from catchup_mix import methods, mixed_cross_entropy, models
+from catchup_mix import methods, mixed_cross_entropy, models, ops
 from catchup_mix.methods import MixedBatch
 from catchup_mix.ops import soft_target_loss
 
@@ -49,6 +49,7 @@ def test_unknown_name_or_option_lists_the_valid_ones():
         (dict(selection="middle"), "selection"),
         (dict(rfi="norm"), "rfi"),
         (dict(label="soft"), "label"),
+        (dict(rank_by="gamma"), "rank_by"),
         (dict(layers=(0, 9), num_hook_points=5), "layers"),
         (dict(layers=()), "layers"),
         (dict(), "num_hook_points"),  # "all layers" needs the model's hook count
@@ -207,6 +208,54 @@ def test_catchup_hook_mixes_inside_the_model_at_the_drawn_layer(model_name):
         model(batch.inputs, feature_hook=recording(batch.feature_hook))
         assert [k for k, _ in calls] == list(range(1, model.num_hook_points + 1))
         assert [k for k, changed in calls if changed] == [batch.layer]
+
+
+@pytest.mark.parametrize("model_name, layer, batchnorm", [("preactresnet18", 3, "stages.2.0.bn1"),
+                                                          ("wrn16_8", 4, "head.0"), ("preactresnet18", 5, None),
+                                                          ("resnext29_4_24", 2, None)])
+def test_rank_by_next_conv_input_ranks_by_what_the_next_bn_and_relu_pass_on(model_name, layer, batchnorm):
+    """The project's variant: channels ranked by ReLU(BN(features)) through the BN after the hook point (batch
+    statistics, as in training); where no BN follows (the last stage of PreActResNet, any ResNeXt hook point),
+    by the features themselves. The draws are those of the paper's ranking: only the channels chosen differ."""
+    model = small_model(model_name).eval()  # eval: the forwards here move no BN statistics, nor may the method
+    with torch.no_grad():  # silence some channels after the BN: their maps are strong, what the conv sees is not
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.weight[::3] = 0.0
+                module.bias[::3] = -1.0
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    images, labels = torch.randn(6, 3, 32, 32), torch.arange(6)
+    seen = {}
+
+    def mixed_by(method):
+        batch = method(images, labels, generator=seeded(3), model=model)
+
+        def hook(features, k):
+            seen[k] = features
+            return batch.feature_hook(features, k)
+
+        assert batch.layer == layer
+        with torch.no_grad():
+            model(batch.inputs, feature_hook=hook)
+        return batch, hook(seen[layer], layer)
+
+    options = dict(num_hook_points=model.num_hook_points, layers=(layer,))
+    batch, variant = mixed_by(methods.build("catchup_mix", rank_by="next_conv_input", **options))
+    paper_batch, paper = mixed_by(methods.build("catchup_mix", **options))
+    assert paper_batch.lam == batch.lam and torch.equal(paper_batch.targets_b, batch.targets_b)
+    features = seen[layer]
+    perm = torch.tensor([int((labels == t).nonzero()) for t in batch.targets_b])
+    if batchnorm is None:
+        assert torch.equal(variant, paper)
+        return
+    module = model.get_submodule(batchnorm)
+    conv_input = torch.relu(torch.nn.functional.batch_norm(features, None, None, module.weight, module.bias,
+                                                          training=True, eps=module.eps))
+    expected = ops.catchup_mix_features(features, batch.lam, perm, ranked_by=conv_input)
+    assert torch.equal(variant, expected) and not torch.equal(variant, paper)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # no BN statistics moved
+    with pytest.raises(ValueError, match="ranked_by has shape"):
+        ops.catchup_mix_features(features, 0.5, perm, ranked_by=conv_input[:, :2])
 
 
 def test_adapter_runs_catchup_mix_on_torchvision_resnet18():

@@ -14,7 +14,7 @@ from captum.robust import FGSM, PGD
 from catchup_mix import corruptions, data, methods, models
 from catchup_mix.__main__ import main as cli
 from catchup_mix.config import make_config
-from catchup_mix.evaluate import evaluate
+from catchup_mix.evaluate import evaluate, evaluate_checkpoint
 from catchup_mix.robustness import (
     DEFORMATIONS,
     Normalized,
@@ -279,6 +279,34 @@ def test_evaluate_suite_merges_parts_and_a_rerun_continues(checkpoint, tmp_path,
     monkeypatch.setattr(catchup_mix.robustness, "run_suite", lambda *a, **k: pytest.fail("measured again"))
     assert cli([*base, "--suite", "clean,fgsm", "--eps", "2/255", "4/255"]) == 0
     assert "kept: clean, fgsm" in capsys.readouterr().out
+
+
+def test_a_run_trained_further_is_measured_anew_and_the_old_numbers_kept_apart(tmp_path, capsys):
+    """Issue 30: after `train --resume --extend`, `evaluate --suite` reprinted the earlier epoch's numbers."""
+    folder = tmp_path / "run"
+    values = dict(dataset="synthetic", num_classes=3, train_per_class=8, test_per_class=8, width=4, epochs=1,
+                  batch_size=8, log_every=10**6, output_dir=str(folder), device="cpu")
+    train(make_config(values))
+    checkpoint = folder / "checkpoints" / "last.pt"
+    suite = ["evaluate", "--checkpoint", str(checkpoint), "--suite", "clean"]
+    assert cli(suite) == 0
+    first = json.loads(checkpoint.with_suffix(".robustness.json").read_text())
+    train(make_config({**values, "epochs": 3}), resume=True, extend=True)
+    capsys.readouterr()
+    assert cli(suite) == 0
+    printed = capsys.readouterr().out
+    assert "measured on other weights (epoch 1" in printed and "kept:" not in printed
+    kept = json.loads(checkpoint.with_suffix(".robustness.json").read_text())
+    (entry,) = kept["parts"]["clean"].values()
+    plain = evaluate_checkpoint(checkpoint, out=tmp_path / "plain.json")
+    assert entry["checkpoint"]["epoch"] == 3 == kept["epoch"] and entry["numbers"]["top1"] == plain["top1"]
+    assert entry["checkpoint"]["weights"] == plain["weights"] != next(iter(first["parts"]["clean"].values()))[
+        "checkpoint"]["weights"]
+    (replaced,) = kept["replaced"]  # the epoch-1 numbers, apart, never shown as the new model's
+    assert replaced["part"] == "clean" and replaced["checkpoint"]["epoch"] == 1
+    assert f"top-1 {plain['top1']:6.2f}" in printed
+    # the same weights again: kept, not measured twice
+    assert cli(suite) == 0 and "kept: clean" in capsys.readouterr().out
 
 
 def test_an_interrupted_suite_keeps_the_parts_that_finished(checkpoint, tmp_path, capsys, monkeypatch):
