@@ -94,8 +94,12 @@ def main(argv: list[str] | None = None) -> int:
         else:
             write_corrupted_set(args)
     except KeyboardInterrupt:
-        print(f"\ninterrupted: {INTERRUPTED.get(args.command, 'nothing was lost')}; run the same command again to "
-              "continue", file=sys.stderr)
+        kept = INTERRUPTED.get(args.command, "nothing was lost")
+        if args.command == "evaluate" and args.suite is not None:
+            from .robustness import default_output
+
+            kept = f"every part of the suite that finished is kept in {args.out or default_output(args.checkpoint)}"
+        print(f"\ninterrupted: {kept}; run the same command again to continue", file=sys.stderr)
         return 130
     except (ConfigError, CheckpointError, FileExistsError, FileNotFoundError, ValueError, NonFiniteLossError,
             OSError) as error:
@@ -108,8 +112,7 @@ def main(argv: list[str] | None = None) -> int:
 
 # What an interrupted command has kept (train says it itself: it knows its checkpoint).
 INTERRUPTED = {
-    "evaluate": "every part of the suite that finished is kept in its JSON file (plain evaluate writes only at the "
-                "end)",
+    "evaluate": "plain evaluate writes its file only at the end",
     "corrupt": "every corruption that finished is kept in the output folder",
     "curves": "nothing was written",
 }
@@ -171,9 +174,11 @@ def parse_eps(text: str) -> float:
     try:
         numerator, _, denominator = text.partition("/")
         value = float(numerator) / (float(denominator) if denominator else 1.0)
-    except ValueError:
+    except (ValueError, ZeroDivisionError):
         raise ValueError(f"--eps {text!r} is not a number: write radii in [0, 1] pixel units, e.g. 8/255 or "
                          "0.0314") from None
+    if value != value:  # nan: neither inside nor outside [0, 1]
+        raise ValueError(f"--eps {text!r} is not a number: write radii in [0, 1] pixel units, e.g. 8/255")
     if not 0 <= value <= 1:
         raise ValueError(f"--eps {text} = {value:g} is outside [0, 1]: radii are in [0, 1] pixel units, e.g. 8/255")
     return value

@@ -5,6 +5,7 @@ import hashlib
 import json
 import os
 import secrets
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -44,16 +45,22 @@ def write_json(path: str | Path, value: Any) -> None:
 
 def check_writable(folder: str | Path) -> None:
     """Fail now, not after hours of work, when `folder` cannot be created or written to: an OSError whose
-    message names the folder and the fix."""
+    message names the folder and the fix. Nothing is created: a folder that does not exist yet is checked
+    through the nearest one that does, so a start refused later (a missing dataset) leaves nothing behind."""
     folder = Path(folder)
+    existing = next(path for path in (folder.absolute(), *folder.absolute().parents) if path.exists())
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".write-test.{secrets.token_hex(4)}"
+        if not existing.is_dir():
+            raise NotADirectoryError(20, f"{existing} is a file")
+        probe = existing / f".write-test.{secrets.token_hex(4)}"
         probe.touch()
         probe.unlink()
     except OSError as error:
-        raise OSError(f"cannot write to {folder} ({error.strerror or error}): choose another output folder "
-                      "(--out) or make this one writable") from None
+        why = error.strerror or error
+        if folder.is_dir():  # it exists: say so, or "No such file or directory" would point the wrong way
+            why = f"the folder exists, but no file can be created in it: {why}"
+        raise OSError(f"cannot write to {folder} ({why}): choose another output folder (--out) or make this one "
+                      "writable") from None
 
 
 def weights_fingerprint(model_state: dict) -> str:
@@ -121,8 +128,10 @@ def save_checkpoint(path: str | Path, state: dict) -> None:
     atomic_write(path, lambda file: torch.save(state, file))
 
 
-def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
-    """Load a checkpoint written by `save_checkpoint`, with a clear error when it is unusable."""
+def load_checkpoint(path: str | Path, map_location="cpu",
+                    fix: str = "point at a run's checkpoints/last.pt or best.pt") -> dict:
+    """Load a checkpoint written by `save_checkpoint`, with a clear error when it is unusable; `fix` is what
+    the error tells the user to do."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}")
@@ -130,10 +139,11 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
         # weights_only: a checkpoint holds tensors, numbers, strings and containers, nothing to execute.
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # torch raises several types for truncated or foreign files
-        raise CheckpointError(
-            f"checkpoint {path} is corrupt or not one of ours ({type(error).__name__}: {error}). "
-            "It was left untouched: delete it to start over, or point at another checkpoint (e.g. best.pt)."
-        ) from None
+        # torch's own text runs to paragraphs (about weights_only); say what the file is instead
+        what = ("not a checkpoint, or a truncated one (not a complete file written by torch.save)"
+                if not zipfile.is_zipfile(path) else
+                f"a corrupt or foreign checkpoint ({type(error).__name__}: {str(error).strip()[:100]})")
+        raise CheckpointError(f"{path} is {what}; it was left untouched: {fix}") from None
     missing = {"model", "config", "epoch"} - set(state) if isinstance(state, dict) else {"model"}
     if missing:
         raise CheckpointError(f"checkpoint {path} lacks {sorted(missing)}: it was not written by catchup_mix")

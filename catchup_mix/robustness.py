@@ -30,6 +30,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import re
 import time
 from pathlib import Path
 
@@ -213,7 +214,7 @@ def noise_images(kind: str, count: int, size: int, seed: int = 0) -> torch.Tenso
 
 
 def ood_sets(names, config, size: int, count: int, data_root: str | None = None, seed: int = 0,
-             ood_root: str | None = None) -> dict:
+             ood_root: str | None = None, skipped: dict | None = None) -> dict:
     """Out-of-distribution test images (uint8 N x 3 x size x size) for a model trained on config.dataset.
 
     names: None for every set available offline, or a list of: noise_gaussian, noise_uniform,
@@ -221,9 +222,11 @@ def ood_sets(names, config, size: int, count: int, data_root: str | None = None,
     config.data_root), cifar10, cifar100, tiny_imagenet (their test/val split, read from ood_root, default
     data_root or config.data_root, resized to `size`), or the path of any folder of images. Each set holds at
     most `count` images, class-balanced and evenly spread where it has classes (`data.balanced_indices` with
-    `seed`), and the noise sets exactly `count`.
+    `seed`), and the noise sets exactly `count`. With names=None, the sets not available here are left out and,
+    if `skipped` is a dict, named in it with the reason.
     """
     automatic = names is None
+    skipped = {} if skipped is None else skipped
     names = list(names) if names else [*NOISE_SETS, "unseen_classes", "cifar10", "cifar100", "tiny_imagenet"]
     sets = {}
     for name in names:
@@ -233,13 +236,16 @@ def ood_sets(names, config, size: int, count: int, data_root: str | None = None,
         try:
             images, labels = _named_ood_set(name, config, size, data_root, ood_root)
         except (data.DatasetNotFoundError, ValueError) as error:
-            if automatic:
-                continue  # not available here: skipped when the sets are chosen automatically
+            if automatic:  # not available here: skipped when the sets are chosen automatically, with the reason
+                skipped[name] = re.split(r"[.;] ", str(error))[0]  # its first clause: what is missing where
+                continue
             raise ValueError(f"OOD set {name!r} is not available: {error}") from None
         if images is not None and len(images):
             sets[_ood_label(name)] = _resize(images[data.balanced_indices(labels, count, seed)], size)
         elif not automatic:
             raise ValueError(f"OOD set {name!r} is not available for a model trained on {config.dataset}")
+        else:
+            skipped[name] = f"not an OOD set for a model trained on {config.dataset}"
     return sets
 
 
@@ -293,15 +299,45 @@ def _device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
+PROGRESS_EVERY_S = 20  # without a terminal, a line of progress this often (logs, CI, Slurm)
+
+
+class _Progress:
+    """How far a long part has come: a bar on a terminal; elsewhere a line every PROGRESS_EVERY_S seconds
+    ("PGD-20 8/255: 4,000 of 10,000 images"), so a log never goes silent for minutes. Off when not enabled."""
+
+    def __init__(self, total: int, desc: str | None, unit: str, enabled: bool):
+        import sys
+
+        from tqdm import tqdm
+
+        self.total, self.desc, self.unit, self.done = total, desc or "measuring", unit, 0
+        self.lines = enabled and not sys.stderr.isatty()
+        self.bar = tqdm(total=total, desc=desc, unit=unit, leave=False, disable=not enabled or self.lines)
+        self.last = time.monotonic()
+
+    def update(self, count: int) -> None:
+        self.done += count
+        self.bar.update(count)
+        if self.lines and time.monotonic() - self.last >= PROGRESS_EVERY_S and self.done < self.total:
+            print(f"{self.desc}: {self.done:,} of {self.total:,} {self.unit}", flush=True)
+            self.last = time.monotonic()
+
+    def close(self) -> None:
+        self.bar.close()
+
+
 def _batches(images: torch.Tensor, labels: torch.Tensor | None, batch_size: int, device, desc: str | None = None,
              progress: bool = False):
-    """(x in [0, 1] on `device`, y) batch by batch; with progress, a bar on a terminal (none in logs)."""
-    from tqdm import tqdm
-
-    starts = range(0, len(images), batch_size)
-    for start in tqdm(starts, desc=desc, unit="batch", leave=False, disable=None if progress else True):
-        x = images[start:start + batch_size].to(device).float() / 255
-        yield x, None if labels is None else labels[start:start + batch_size].to(device)
+    """(x in [0, 1] on `device`, y) batch by batch; with progress, how many images are done (`_Progress`)."""
+    shown = _Progress(len(images), desc, "images", progress)
+    try:
+        for start in range(0, len(images), batch_size):
+            x = images[start:start + batch_size].to(device).float() / 255
+            yield x, None if labels is None else labels[start:start + batch_size].to(device)
+            shown.update(len(x))
+    finally:
+        shown.close()
 
 
 def accuracy(pixel_model: nn.Module, images: torch.Tensor, labels: torch.Tensor, transform=None, *,
@@ -375,23 +411,22 @@ def corruption_accuracies(pixel_model, folder, names: tuple[str, ...], labels: t
     `corruptions.write_set`), whose clean labels are `labels`; `index` picks those images of the set (None:
     all). Every file is checked before any work. Returns the mean, per severity, per corruption and the set's
     source and info."""
-    from tqdm import tqdm
-
     sets = {name: corruptions.load_set(folder, name, expected_labels=labels)[0] for name in names}
     rows = slice(None) if index is None else index.numpy()
     targets = labels if index is None else labels[index]
     per_corruption = {}
     progress = options.pop("progress", False)
-    with tqdm(total=len(sets) * len(severities), desc="corruptions", disable=None if progress else True) as bar:
-        for name, images in sets.items():
-            row = {}
-            for severity in severities:
-                # a copy of the rows used: the memory-mapped set is read-only
-                pixels = torch.from_numpy(np.array(images[severity - 1, rows])).permute(0, 3, 1, 2)
-                row[str(severity)] = accuracy(pixel_model, _center_crop(pixels, crop_size), targets, **options)
-                bar.update(1)
-            row["mean"] = float(np.mean([row[str(s)] for s in severities]))
-            per_corruption[name] = row
+    shown = _Progress(len(sets) * len(severities), "corruptions", "sets (corruption x severity)", progress)
+    for name, images in sets.items():
+        row = {}
+        for severity in severities:
+            # a copy of the rows used: the memory-mapped set is read-only
+            pixels = torch.from_numpy(np.array(images[severity - 1, rows])).permute(0, 3, 1, 2)
+            row[str(severity)] = accuracy(pixel_model, _center_crop(pixels, crop_size), targets, **options)
+            shown.update(1)
+        row["mean"] = float(np.mean([row[str(s)] for s in severities]))
+        per_corruption[name] = row
+    shown.close()
     info = Path(folder) / corruptions.SET_INFO
     per_severity = {str(s): float(np.mean([row[str(s)] for row in per_corruption.values()])) for s in severities}
     return {"source": "generated" if info.is_file() else "official", "folder": str(folder),
@@ -525,8 +560,14 @@ def run_suite(model: nn.Module, dataset: data.Dataset, config, suite, settings: 
             corruptions.load_set(corruptions_dir, name, expected_labels=dataset.test.labels)
     if "deformations" in suite:
         check_deformations(settings.deformations)
+    skipped = {}
     out_of_distribution = (ood_sets(settings.ood, config, images.shape[-1], len(labels), data_root, settings.seed,
-                                    ood_root) if "ood" in suite else {})
+                                    ood_root, skipped) if "ood" in suite else {})
+    if "ood" in suite and progress:  # which sets run, which do not and why, before the hours of work
+        print(f"OOD sets: {', '.join(out_of_distribution) or 'none'}"
+              + "".join(f"; skipped {name} ({why})" for name, why in skipped.items())
+              + ("; --ood-root DIR names the folder holding cifar-10-batches-py, cifar-100-python or "
+                 "tiny-imagenet-200" if skipped else ""), flush=True)
     options = dict(batch_size=settings.batch_size, autocast=autocast)
     measure = {
         "clean": lambda: clean_metrics(pixel_model, images, labels, **options),

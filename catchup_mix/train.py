@@ -154,7 +154,10 @@ def train(config: Config, resume: bool = False, extend: bool = False) -> dict:
         )
     if is_main:
         check_writable(run_dir)  # before the data, the model and the first epoch
-    saved = load_checkpoint(last_path) if resume and last_path.exists() else None
+    saved = None
+    if resume and last_path.exists():
+        saved = load_checkpoint(last_path, fix=f"move {run_dir} away to train the run from the start, or copy its "
+                                              "checkpoints/best.pt over last.pt to resume from there")
     if saved is not None:
         check_resumable(saved, config, last_path, world_size, extend)
         if saved["epoch"] >= config.epochs:  # finished: a true no-op, nothing written

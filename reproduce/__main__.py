@@ -28,7 +28,7 @@ from catchup_mix.checkpoint import write_json
 from catchup_mix.config import ConfigError, parse_overrides
 
 from . import slurm
-from .artifacts import ARTIFACTS, SCALES, Settings
+from .artifacts import ARTIFACTS, CPU_SCALES, SCALES, Settings, default_seeds
 from .output import output_folder_error
 from .runner import execute, find_result
 
@@ -77,6 +77,17 @@ def paper_cost(name: str) -> str | None:
     return f"{shared} + {_hours(measured)}" if measured else shared
 
 
+def cpu_cost(name: str, scale: str) -> str:
+    """An artifact's cost at a CPU scale, as `list` prints it and the README quotes it: its planned runs (every
+    seed of the schedule) and the hours they take on a 2-core machine (evidence.MINUTES_PER_RUN)."""
+    from .evidence import MINUTES_PER_RUN, RUNS_AT_ONCE
+
+    runs = len(ARTIFACTS[name].plan(Settings(scale, default_seeds(scale), Path("."))))
+    hours = runs * MINUTES_PER_RUN / 60 / RUNS_AT_ONCE
+    return (f"CPU: {runs} runs, about {MINUTES_PER_RUN} min each, {RUNS_AT_ONCE} at a time on 2 idle cores: "
+            f"about {hours:.0f} h")
+
+
 def _identities(runs) -> set[str]:
     """What makes runs the same run (the same key), without resolving their keys: config and seed."""
     return {json.dumps([run.config, run.seed], sort_keys=True) for run in runs}
@@ -94,23 +105,25 @@ def list_artifacts(names_only: bool) -> None:
         print("\n".join(ARTIFACTS))
         return
     width = max(len("artifact"), *map(len, ARTIFACTS))
-    print(f"{'artifact':<{width}} {'scales':<20} {'runs (3 seeds)':>14} {'H100 hours':>10}  what it reproduces")
+    print(f"{'artifact':<{width}} {'scales':<26} {'runs':>5} {'H100 hours':>10}  what it reproduces")
     for name, artifact in ARTIFACTS.items():
-        largest = artifact.scales[-1]
-        settings = Settings(largest, [0, 1, 2], Path("."))
-        hours = f"{gpu_hours(artifact, settings):.1f}" if largest == "paper" else "CPU"
-        print(f"{name:<{width}} {'/'.join(artifact.scales):<20} {len(artifact.plan(settings)):>14} {hours:>10}  "
-              f"{artifact.reproduces}")
-    print(f"\nRuns and hours at each artifact's largest scale. H100 hours: a rough estimate from the networks' "
-          f"FLOPs at an assumed {ASSUMED_TFLOPS} TFLOP/s sustained (bf16), not a measurement; shared runs (e.g. "
-          "figure_mixing reuses table1's) count in each. CPU: the medium scale, about 10 minutes per run on 2 idle "
-          "CPU cores (docs/evidence.md).")
+        if "paper" in artifact.scales:
+            settings = Settings("paper", [0, 1, 2], Path("."))
+            print(f"{name:<{width}} {'/'.join(artifact.scales):<26} {len(artifact.plan(settings)):>5} "
+                  f"{gpu_hours(artifact, settings):>10.1f}  {artifact.reproduces}")
+        for scale in (scale for scale in artifact.scales if scale in CPU_SCALES):
+            runs = len(artifact.plan(Settings(scale, default_seeds(scale), Path("."))))
+            print(f"{name:<{width}} {scale:<26} {runs:>5} {'CPU':>10}  {artifact.reproduces}; {cpu_cost(name, scale)}")
+    print(f"\nRuns: at paper scale for 3 seeds. H100 hours: a rough estimate from the networks' FLOPs at an assumed "
+          f"{ASSUMED_TFLOPS} TFLOP/s sustained (bf16), not a measurement; shared runs (e.g. figure_mixing reuses "
+          "table1's) count in each. CPU scales: the evidence's runs at every seed of its schedule (docs/evidence.md).")
 
 
 def reproduce(name: str, settings: Settings, dry_run: bool, tables_only: bool, budget_minutes: float | None = None,
-              started: float | None = None, worker: tuple[int, int] = (0, 1), render: bool = True) -> None:
+              started: float | None = None, worker: tuple[int, int] = (0, 1), render: bool = True) -> bool:
     """Train the artifact's runs not yet done, then measure and render it (render=False: only train).
-    worker: (index, count) of the processes sharing the runs (`--workers`), which sets this one's order."""
+    worker: (index, count) of the processes sharing the runs (`--workers`), which sets this one's order.
+    Returns whether it wrote the tables (with --tables-only and no stored result, it writes nothing)."""
     artifact = ARTIFACTS[name]
     runs, to_train = artifact.runs(settings), artifact.runs_to_train(settings)
     if dry_run:
@@ -124,7 +137,7 @@ def reproduce(name: str, settings: Settings, dry_run: bool, tables_only: bool, b
                   "stored, which the tables compare with")
         if artifact.measure:
             print(f"# then: {artifact.measure.__name__} (a measurement after the runs)")
-        return
+        return False
     if not tables_only:
         started = time.monotonic() if started is None else started
         measurement = artifact.measure_each_run(settings) if artifact.measure_each_run else None
@@ -144,7 +157,7 @@ def reproduce(name: str, settings: Settings, dry_run: bool, tables_only: bool, b
             else:
                 execute(run, settings.out, measurement)
     if not render:
-        return
+        return False
     # Read every result from disk now, not from what this process trained: where several processes share
     # an artifact, the last one to finish renders every run that any of them finished.
     results = [(run, find_result(run, settings.out)) for run in runs]
@@ -159,9 +172,16 @@ def reproduce(name: str, settings: Settings, dry_run: bool, tables_only: bool, b
         measurement = artifact.measure(settings, results)
         write_json(measurement_path, measurement)
     done = sum(result is not None for _, result in results)
+    if tables_only and runs and not done:  # a table of dashes would look like a result: write nothing, say why
+        print(f"[{name}] warning: no stored result of its {len(runs)} runs at {settings.scale} scale under "
+              f"{settings.out.absolute() / 'results' / name / settings.scale}: nothing written. The committed results "
+              "are in the repository's results/ folder: run from the repository's root, or pass --out a folder "
+              "that holds results/", file=sys.stderr, flush=True)
+        return False
     for path in artifact.render(settings, results, measurement):
         print(f"[{name}] wrote {path}")
     print(f"[{name}] {done} of {len(runs)} runs done at {settings.scale} scale", flush=True)
+    return True
 
 
 def worker_order(runs: list, index: int, count: int) -> list:
@@ -320,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
         args.log.parent.mkdir(parents=True, exist_ok=True)
         log = open(args.log, "a")  # open for the life of the process
         sys.stdout, sys.stderr = _Tee(sys.stdout, log), _Tee(sys.stderr, log)
-    seeds = args.seeds or {"smoke": [0], "paper": [0, 1, 2]}.get(args.scale, list(range(10)))
+    seeds = args.seeds or default_seeds(args.scale)
     try:
         overrides = parse_overrides(args.set)
     except ConfigError as error:
@@ -368,8 +388,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[{args.artifact}] {to_do} runs to train, shared by {workers} worker processes (--workers)",
                   flush=True)
             train_in_workers(names, settings, args.budget_minutes, started, workers, argv)
-        for name in names:  # trains what no worker finished, then measures and renders
-            reproduce(name, settings, args.dry_run, args.tables_only, args.budget_minutes, started)
+        wrote = [reproduce(name, settings, args.dry_run, args.tables_only, args.budget_minutes, started)
+                 for name in names]  # trains what no worker finished, then measures and renders
+        if args.tables_only and not any(wrote):
+            return 1
     except KeyboardInterrupt:
         if args.worker is None:  # the first process speaks for its workers, which stop with it
             print("\ninterrupted: finished runs and measured parts are kept, and a run stopped mid-way continues "

@@ -22,6 +22,13 @@ from . import evidence, evidence_report, filters, report, robustness, runner
 from .runner import Run
 
 SCALES = ("smoke", "medium", "medium_wd", "paper")
+CPU_SCALES = ("medium", "medium_wd")  # the evidence's: CPU hours on real data
+
+
+def default_seeds(scale: str) -> list[int]:
+    """--seeds when not given: 0 at smoke scale, 0 1 2 at paper scale, 0-9 at the CPU scales (where each run
+    type has its own number of seeds in the schedule)."""
+    return {"smoke": [0], "paper": [0, 1, 2]}.get(scale, list(range(10)))
 
 
 @dataclass

@@ -47,6 +47,10 @@ MEDIUM_TRAINING = dict(
 # keeps everything else and takes the weight decay that vanilla calibration runs chose.
 MEDIUM_WD_TRAINING = {**MEDIUM_TRAINING, "weight_decay": 5e-3}
 PROTOCOLS = {"medium": MEDIUM_TRAINING, "medium_wd": MEDIUM_WD_TRAINING}
+# What a medium run costs on a 2-core machine, for `reproduce list` and the README (docs/evidence.md): one run on
+# one torch thread takes about this long with its test passes, probe and measurements, and two run side by side.
+MINUTES_PER_RUN = 45
+RUNS_AT_ONCE = 2
 MEDIUM_DATA_ROOT = "data/cifar10-jpeg"  # where `../shared/data/unpack data` puts the CIFAR-10 copy
 CORE = ("vanilla", "cutmix", "catchup_mix", "catchup_mix random", "catchup_mix high")
 SELECTIONS = ("vanilla", "catchup_mix", "catchup_mix random", "catchup_mix high")

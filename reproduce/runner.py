@@ -192,8 +192,10 @@ def result_file(run: Run, out: Path) -> Path | None:
 def _exclusive(folder: Path):
     """Yield True while this process holds the folder's lock, False if another process holds it.
 
-    flock is released by the kernel when a process dies, so a crashed run never leaves a stale lock.
+    flock is released by the kernel when a process dies, so a crashed run never leaves a stale lock. A folder
+    made here for a run whose start is refused (a missing dataset) is removed again: nothing is left behind.
     """
+    created = [path for path in (folder, *folder.parents) if not path.exists()]  # deepest first
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / ".lock", "w") as handle:
         try:
@@ -203,6 +205,14 @@ def _exclusive(folder: Path):
             return
         try:
             yield True
+        except BaseException:
+            if created and [path.name for path in folder.iterdir()] == [".lock"]:
+                (folder / ".lock").unlink()
+                for path in created:  # the run's folder, and the folders above it made for it, if left empty
+                    if any(path.iterdir()):
+                        break
+                    path.rmdir()
+            raise
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
 

@@ -19,9 +19,12 @@ submitit is optional (`pip install -e '.[slurm]'`); nothing here imports it unti
 """
 
 import argparse
+import contextlib
 import dataclasses
+import io
 import json
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -117,9 +120,11 @@ def tables_command(args: argparse.Namespace, settings: Settings) -> str:
 # What to submit
 
 
-def pending_tasks(names: list[str], settings: Settings, queued: dict[str, str]) -> tuple[list[list[Run]], dict]:
-    """The runs to submit, one list per task (the runs of one key: a run two artifacts share is one task),
-    and how many runs were left out and why. `queued` maps run keys to the job that has them queued."""
+def pending_tasks(names: list[str], settings: Settings,
+                  queued: dict[str, str]) -> tuple[list[list[Run]], dict, list[Run]]:
+    """The runs to submit, one list per task (the runs of one key: a run two artifacts share is one task), how
+    many runs were left out and why, and those left out because another job or process has them (which
+    --wait waits for). `queued` maps run keys to the array task that has them queued."""
     groups: dict[str, list[Run]] = {}
     skipped = {"done": 0, "being trained now": 0, "queued": 0}
     runs = {run.result_path(settings.out): run for name in names for run in ARTIFACTS[name].runs(settings)}
@@ -130,37 +135,60 @@ def pending_tasks(names: list[str], settings: Settings, queued: dict[str, str]) 
             skipped["done"] += 1
         else:
             groups.setdefault(run.key, []).append(run)
-    tasks = []
+    tasks, elsewhere = [], []
     for key, runs in groups.items():
         if key in queued:
             skipped["queued"] += len(runs)
+            elsewhere += runs
         elif held_by_another_process(runs[0], settings.out):
             skipped["being trained now"] += len(runs)
+            elsewhere += runs
         else:
             tasks.append(runs)
-    return tasks, skipped
+    return tasks, skipped, elsewhere
+
+
+# Array task states in which a task will still run its run (squeue's %T); a cancelled, failed, timed-out or
+# completing one will not, and one that has left the queue neither.
+LIVE_STATES = {"PENDING", "CONFIGURING", "RUNNING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "RESIZING",
+               "SUSPENDED"}
 
 
 def queued_elsewhere(out: Path) -> dict[str, str]:
-    """Run key -> job id, for the runs of earlier submissions (under OUT/slurm/) whose job is still queued
-    or running, as squeue reports it."""
+    """Run key -> array task ("<job id>_<task>"), for the runs of earlier submissions (under OUT/slurm/) whose
+    own task is still queued or running, as squeue reports each task. A task that was cancelled (scancel
+    JOB_5, or JOB_[18-29]), failed or timed out has left the queue or is in another state: its run is not
+    queued, whatever the rest of its array does."""
     records = sorted((out / "slurm").glob("*/submission.json"))
     if not records:
         return {}
     try:
-        listed = subprocess.run(["squeue", "--noheader", "--array", "--format=%F"], capture_output=True, text=True,
-                                timeout=60)
+        listed = subprocess.run(["squeue", "--noheader", "--array", "--format=%i %T"], capture_output=True,
+                                text=True, timeout=60)
     except FileNotFoundError:
         raise ConfigError("--launcher slurm: no squeue here; submit from a machine of the cluster (a login node)") from None
     if listed.returncode != 0:
         raise ConfigError(f"squeue failed ({listed.stderr.strip()}): cannot tell which runs are queued already")
-    live = set(listed.stdout.split())
+    live = {task for task, state in (line.split()[:2] for line in listed.stdout.splitlines() if line.strip())
+            if state in LIVE_STATES}
     queued = {}
     for record in records:
         submission = json.loads(record.read_text())
-        if submission["job_id"] in live:
-            queued.update(dict.fromkeys(submission["keys"], submission["job_id"]))
+        for index, key in enumerate(submission["keys"]):  # task i of the array holds the i-th key
+            if f"{submission['job_id']}_{index}" in live:
+                queued[key] = f"{submission['job_id']}_{index}"
     return queued
+
+
+def check_partition(partition: str | None) -> None:
+    """A ConfigError naming the partitions that exist when `partition` is not one of them (sinfo)."""
+    if partition is None:
+        return
+    listed = subprocess.run(["sinfo", "--noheader", "--format=%P"], capture_output=True, text=True, timeout=60)
+    partitions = [name.rstrip("*") for name in listed.stdout.split()]  # the default one is marked with a *
+    if listed.returncode == 0 and partition not in partitions:
+        raise ConfigError(f"--slurm-partition {partition}: no such partition on this cluster; its partitions: "
+                          f"{', '.join(partitions) or 'none'}")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -244,7 +272,7 @@ def launch(names: list[str], settings: Settings, options: SlurmOptions, later: s
     settings = dataclasses.replace(settings, out=settings.out.resolve())  # the jobs may start elsewhere
     label = names[0] if len(names) == 1 else "all"
     queued = queued_elsewhere(settings.out) if CLUSTER == "slurm" and not dry_run else {}
-    tasks, skipped = pending_tasks(names, settings, queued)
+    tasks, skipped, elsewhere = pending_tasks(names, settings, queued)
     measured = [name for name in names if ARTIFACTS[name].measure]
     resources = (f"{options.gpus} GPU(s), {options.cpus} CPU(s), "
                  f"{f'{options.mem_gb:g} GB' if options.mem_gb else 'the default memory'}, "
@@ -253,8 +281,9 @@ def launch(names: list[str], settings: Settings, options: SlurmOptions, later: s
     left_out = ", ".join(f"{count} {why}" for why, count in skipped.items() if count)
     print(f"[slurm] {label} at {settings.scale} scale: {len(tasks)} run(s) to submit"
           + (f" (not submitted: {left_out})" if left_out else "") + f"; {resources}", flush=True)
-    if skipped["queued"]:
-        print(f"[slurm] queued already in job(s) {', '.join(sorted(set(queued.values())))}", flush=True)
+    earlier = sorted({queued[run.key].split("_")[0] for run in elsewhere if run.key in queued})
+    if earlier:
+        print(f"[slurm] queued already in job(s) {', '.join(earlier)}", flush=True)
     if dry_run:
         for runs in tasks:
             print(f"# task: {' + '.join(f'{run.artifact}/{run.name}' for run in runs)} [{runs[0].key}]")
@@ -263,11 +292,16 @@ def launch(names: list[str], settings: Settings, options: SlurmOptions, later: s
         return 0
     if not tasks and not measured:
         print(f"[slurm] nothing to submit; the tables: {later}", flush=True)
-        return render_all(names, render) if options.wait else 0
+        if not options.wait:
+            return 0
+        return wait_for_runs(elsewhere, settings) or render_all(names, render)
 
+    if CLUSTER == "slurm":
+        check_partition(options.partition)
     folder = settings.out / "slurm" / "%A"
     executor = make_executor(folder, options, f"reproduce-{label}-{settings.scale}")
-    jobs = executor.map_array(TrainRuns(), tasks, [settings.out] * len(tasks)) if tasks else []
+    with refused_submissions_left_nothing(settings.out / "slurm"):
+        jobs = executor.map_array(TrainRuns(), tasks, [settings.out] * len(tasks)) if tasks else []
     array_id = jobs[0].job_id.split("_")[0] if jobs else None
     if jobs:
         write_json(settings.out / "slurm" / array_id / "submission.json",
@@ -278,11 +312,14 @@ def launch(names: list[str], settings: Settings, options: SlurmOptions, later: s
               f"{settings.out / 'slurm' / array_id}/", flush=True)
     finish = None
     if measured:
-        if jobs and CLUSTER == "slurm":
-            executor.update_parameters(slurm_additional_parameters={**options.extra, "dependency": f"afterany:{array_id}"})
+        after = [job for job in (array_id, *earlier) if job]  # the measurements need the runs queued before too
+        if after and CLUSTER == "slurm":
+            executor.update_parameters(slurm_additional_parameters={**options.extra,
+                                                                    "dependency": f"afterany:{':'.join(after)}"})
         elif jobs:
             wait(jobs)  # submitit's local executor has no dependencies: the array first, then the rest
-        finish = executor.submit(measure_and_render, measured, settings)
+        with refused_submissions_left_nothing(settings.out / "slurm"):
+            finish = executor.submit(measure_and_render, measured, settings)
         print(f"[slurm] submitted job {finish.job_id}: the measurements and tables of {', '.join(measured)}, "
               "after the array", flush=True)
     print(f"[slurm] follow: squeue -j {','.join(j for j in (array_id, finish and finish.job_id) if j)}; "
@@ -292,12 +329,63 @@ def launch(names: list[str], settings: Settings, options: SlurmOptions, later: s
         return 0
     try:
         wait(jobs + ([finish] if finish else []))
+        failed = max(report(jobs, tasks), report([finish], [[]]) if finish else 0, wait_for_runs(elsewhere, settings))
     except KeyboardInterrupt:
         print(f"\n[slurm] stopped waiting; the jobs go on. The tables when they are done: {later}", flush=True)
         return 130
-    failed = max(report(jobs, tasks), report([finish], [[]]) if finish else 0)
     render_all(names, render)
     return failed
+
+
+def wait_for_runs(runs: list[Run], settings: Settings) -> int:
+    """--wait for runs that earlier submissions (or other processes) hold: until each has its result, or its
+    task has left the queue without one. Returns 1 if any ended without its result."""
+    last, lost = 0.0, []
+    while runs:
+        queued = queued_elsewhere(settings.out) if CLUSTER == "slurm" else {}
+        waiting = []
+        for run in runs:
+            if find_result(run, settings.out) is not None:
+                continue
+            if run.key in queued or held_by_another_process(run, settings.out):
+                waiting.append(run)
+            else:
+                lost.append(run)
+        runs = waiting
+        if runs and time.monotonic() - last > PROGRESS_EVERY_S:
+            print(f"[slurm] waiting for {len(runs)} run(s) that earlier submissions hold", flush=True)
+            last = time.monotonic()
+        if runs:
+            time.sleep(2)
+    for run in lost:
+        print(f"[slurm] {run.artifact}/{run.name} ended without its result (its task was cancelled, failed or timed "
+              "out): run the same command again to submit it", file=sys.stderr, flush=True)
+    return 1 if lost else 0
+
+
+@contextlib.contextmanager
+def refused_submissions_left_nothing(folder: Path):
+    """A submission that sbatch refuses (a bad partition, account or time limit) is a ConfigError with sbatch's
+    own words, in one line, and what submitit wrote for it under `folder` is removed: nothing is left behind."""
+    existed = folder.exists()
+    before = set(folder.iterdir()) if existed else set()
+    said = io.StringIO()  # sbatch's own lines, which submitit relays: shown on success, summed up on refusal
+    try:
+        with contextlib.redirect_stderr(said):
+            yield
+    except Exception as error:
+        from submitit.core.utils import FailedJobError
+
+        if not isinstance(error, FailedJobError):
+            raise
+        for path in (set(folder.iterdir()) - before) if folder.exists() else ():
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        if not existed and folder.exists() and not any(folder.iterdir()):
+            folder.rmdir()
+        lines = [line.strip() for line in (said.getvalue() + str(error)).splitlines() if "error" in line.lower()]
+        reason = lines[0].removeprefix("sbatch: error: ") if lines else str(error).strip()
+        raise ConfigError(f"sbatch refused the job: {reason}") from None
+    sys.stderr.write(said.getvalue())
 
 
 def wait(jobs) -> None:

@@ -395,3 +395,23 @@ def test_a_read_only_output_folder_is_refused_before_any_work(tmp_path, capsys):
     finally:
         tmp_path.chmod(0o755)
     assert capsys.readouterr().err.startswith(f"error: cannot write to {tmp_path} (--out)")
+
+
+def test_tables_only_without_stored_results_writes_nothing_and_says_where_they_are(tmp_path, capsys):
+    """Issue 30: `evidence --tables-only --out EMPTY` wrote a 504-line table of dashes."""
+    assert reproduce_main(["evidence", "--scale", "medium", "--tables-only", "--out", str(tmp_path)]) == 1
+    error = capsys.readouterr().err
+    assert "no stored result of its 52 runs at medium scale" in error and "repository's results/ folder" in error
+    assert not (tmp_path / "tables").exists() and not (tmp_path / "figures").exists()
+
+
+def test_list_counts_the_evidence_runs_from_the_plan_it_runs(capsys):
+    """Issue 30: `list` said 36 runs of about 10 minutes where the plan had 52 of about 45."""
+    from reproduce import artifacts, evidence
+
+    assert reproduce_main(["list"]) == 0
+    printed = capsys.readouterr().out
+    for scale in artifacts.CPU_SCALES:
+        runs = len(artifacts.ARTIFACTS["evidence"].plan(artifacts.Settings(scale, list(range(10)), Path("."))))
+        row = next(line for line in printed.splitlines() if line.split()[:2] == ["evidence", scale])
+        assert row.split()[2] == str(runs) and f"CPU: {runs} runs, about {evidence.MINUTES_PER_RUN} min each" in row

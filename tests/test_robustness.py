@@ -3,6 +3,7 @@ robustness artifact."""
 
 import contextlib
 import json
+from pathlib import Path
 
 import matplotlib.image
 import numpy as np
@@ -197,6 +198,32 @@ def test_real_data_corruptions_and_ood_sets(shared_data_dir, tmp_path):
     assert sets["tiny_imagenet"].shape == (20, 3, 32, 32)  # 20 val images of 20 classes, resized
 
 
+def test_long_parts_say_how_far_they_have_come_in_a_log(tmp_path, capsys, monkeypatch):
+    """Issue 30: without a terminal, PGD and the corruptions were silent for minutes; now a line every
+    PROGRESS_EVERY_S seconds (0 here: after every batch but the last)."""
+    import catchup_mix.robustness
+
+    monkeypatch.setattr(catchup_mix.robustness, "PROGRESS_EVERY_S", 0)
+    dataset = data.load("synthetic", num_classes=3, train_per_class=1, test_per_class=4)
+    network = models.build("preactresnet18", 3, width=4).eval()
+    images = dataset.test.images.permute(0, 2, 3, 1).numpy()
+    corruptions.write_set(images, dataset.test.labels.numpy(), tmp_path, ["contrast", "fog"], progress=False)
+    settings = SuiteSettings(pgd_steps=2, pgd_eps=(8 / 255,), corruption_names=("contrast", "fog"),
+                             severities=(1, 2), batch_size=5)
+    config = make_config({"dataset": "synthetic", "num_classes": 3, "test_per_class": 4})
+    run_suite(network, dataset, config, ["pgd", "corruptions"], settings, corruptions_dir=tmp_path, progress=True)
+    printed = capsys.readouterr().out.splitlines()
+    assert "PGD-2 8/255: 5 of 12 images" in printed and "PGD-2 8/255: 10 of 12 images" in printed
+    assert "corruptions: 3 of 4 sets (corruption x severity)" in printed
+    run_suite(network, dataset, config, ["pgd"], settings, corruptions_dir=tmp_path, progress=False)
+    assert capsys.readouterr().out == ""  # progress off: nothing
+    # the OOD sets chosen automatically: which run, and which are skipped and why, before the work
+    run_suite(network, dataset, config, ["ood"], settings, progress=True)
+    said = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("OOD sets: "))
+    assert said.startswith("OOD sets: noise_gaussian, noise_uniform, unseen_classes; skipped cifar10 (")
+    assert "skipped tiny_imagenet (" in said and "--ood-root DIR" in said
+
+
 def test_suite_on_a_small_model_agrees_with_the_clean_evaluation(tmp_path):
     dataset = data.load("synthetic", num_classes=3, train_per_class=1, test_per_class=4)
     config = make_config({"dataset": "synthetic", "num_classes": 3, "test_per_class": 4})
@@ -320,6 +347,7 @@ def test_an_interrupted_suite_keeps_the_parts_that_finished(checkpoint, tmp_path
     assert cli(["evaluate", "--checkpoint", str(checkpoint), "--out", str(out), "--suite", "clean,fgsm"]) == 130
     error = capsys.readouterr().err
     assert "interrupted" in error and "run the same command again" in error and "Traceback" not in error
+    assert f"kept in {out};" in error  # the file named
     assert set(json.loads(out.read_text())["parts"]) == {"clean"}
 
 
@@ -376,6 +404,8 @@ def test_evaluate_hints_name_its_own_flags(checkpoint, tmp_path, capsys):
     (["--suite", "clean,rain"], "unknown suite rain; choose from clean, fgsm, pgd"),
     (["--suite", "pgd,corruptions"], "--corruptions-dir DIR"),
     (["--suite", "ood", "--ood", "cifar11"], "neither a known OOD set"),
+    (["--suite", "fgsm", "--eps", "8/0"], "--eps '8/0' is not a number"),
+    (["--suite", "fgsm", "--eps", "nan"], "--eps 'nan' is not a number"),
 ])
 def test_evaluate_suite_errors_exit_2_with_the_fix(checkpoint, capsys, arguments, message):
     assert cli(["evaluate", "--checkpoint", str(checkpoint), *arguments]) == 2
@@ -413,3 +443,25 @@ def test_robustness_artifact_measures_table1_runs_once_and_renders(tmp_path, mon
     monkeypatch.setattr(catchup_mix.robustness, "run_suite", lambda *a, **k: pytest.fail("measured twice"))
     (next((tmp_path / "results" / "robustness" / "smoke").glob("measurement-*"))).unlink()
     assert reproduce_main(["robustness", "--scale", "smoke", "--out", str(tmp_path)]) == 0  # from the cache
+
+
+def test_messages_point_the_right_way_and_a_refused_start_leaves_nothing(checkpoint, tmp_path, capsys):
+    """Issue 30: a folder that exists but cannot be written was "No such file or directory"; a config.json given
+    as --checkpoint dumped torch's weights_only text and advised deleting it; a missing dataset left empty
+    output folders behind (train's output_dir, corrupt's --out)."""
+    if Path("/proc/sys").is_dir():
+        assert cli(["evaluate", "--checkpoint", str(checkpoint), "--out", "/proc/sys/x.json"]) == 2
+        error = capsys.readouterr().err
+        assert "the folder exists, but no file can be created in it" in error and "No such file" not in error.split(":")[1]
+    config = checkpoint.parent.parent / "config.json"
+    assert cli(["evaluate", "--checkpoint", str(config)]) == 2
+    error = capsys.readouterr().err
+    assert len(error.strip().splitlines()) == 1 and "weights_only" not in error and "delete" not in error
+    assert "point at a run's checkpoints/last.pt or best.pt" in error
+    missing = tmp_path / "no-data"
+    with pytest.raises(data.DatasetNotFoundError):
+        train(make_config(dict(dataset="cifar10", data_root=str(missing), output_dir=str(tmp_path / "a" / "run"))))
+    assert cli(["corrupt", "--dataset", "cifar10", "--data-root", str(missing), "--out", str(tmp_path / "c" / "d")]) == 2
+    assert not (tmp_path / "a").exists() and not (tmp_path / "c").exists()
+    assert reproduce_main(["table1", "--data-root", str(missing), "--out", str(tmp_path / "r"), "--workers", "1"]) == 2
+    assert not (tmp_path / "r" / "runs").exists() or not list((tmp_path / "r" / "runs").rglob("*"))

@@ -208,15 +208,17 @@ def test_table1_through_a_real_slurm_matches_the_local_launcher(tmp_path):
                                   stderr=subprocess.STDOUT, text=True)
     try:
         # A second submission while the first is queued submits nothing: every run is queued or being trained.
+        # With --wait it waits for the runs it needs, queued by the first, and only then writes the table.
         deadline = time.monotonic() + 300
         while not list(on_slurm.glob("slurm/*/submission.json")):
             assert submission.poll() is None and time.monotonic() < deadline, submission.stdout.read()
             time.sleep(1)
-        again = subprocess.run(cli(*command, "--launcher", "slurm", "--out", str(on_slurm)), cwd=REPOSITORY, env=env,
-                               capture_output=True, text=True, timeout=300)
+        again = subprocess.run(cli(*command, "--launcher", "slurm", "--wait", "--out", str(on_slurm)), cwd=REPOSITORY,
+                               env=env, capture_output=True, text=True, timeout=1800)
         assert again.returncode == 0, again.stderr
         total = 3 * len(methods.available())
         assert "0 run(s) to submit (not submitted:" in again.stdout, again.stdout
+        assert f"{total} of {total} runs done" in again.stdout, again.stdout
         printed, _ = submission.communicate(timeout=1800)
     finally:
         if submission.poll() is None:
@@ -236,3 +238,41 @@ def test_table1_through_a_real_slurm_matches_the_local_launcher(tmp_path):
     assert local.returncode == 0, local.stderr
     for table in ("table1.md", "table1.tex"):
         assert (on_slurm / "tables" / "smoke" / table).read_text() == (here / "tables" / "smoke" / table).read_text()
+
+
+@pytest.mark.slurm
+def test_a_partly_cancelled_array_resubmits_what_was_cancelled_and_a_refused_job_leaves_nothing(tmp_path):
+    """Issue 30: after `scancel JOB_[20-29]` the same command submitted nothing while the rest of the array ran;
+    an unknown partition was a 38-line traceback that left a .pkl behind."""
+    pytest.importorskip("submitit", reason=f"the Slurm launcher's extra is not installed: {slurm.INSTALL_HINT}")
+    reason = slurm_unavailable()
+    if reason:
+        pytest.skip(f"no Slurm on localhost to test with: {reason}")
+    env = dict(os.environ, PYTHONPATH=str(REPOSITORY), OMP_NUM_THREADS="1")
+    out = tmp_path / "out"
+    command = cli("table1", "--scale", "smoke", "--seeds", "0", *TINY, "--launcher", "slurm", "--slurm-cpus", "1",
+                  "--out", str(out))
+    run = lambda *more: subprocess.run([*command, *more], cwd=REPOSITORY, env=env, capture_output=True,  # noqa: E731
+                                       text=True, timeout=300)
+    for more, said in [(["--slurm-partition", "nosuch"], "--slurm-partition nosuch: no such partition on this "
+                                                          "cluster; its partitions: debug"),
+                       (["--slurm-mem", "100000"], "sbatch refused the job: Memory specification can not be satisfied")]:
+        refused = run(*more)
+        assert refused.returncode == 2 and refused.stderr.strip() == f"error: {said}", refused.stderr
+        assert not (out / "slurm").exists() or not any((out / "slurm").iterdir())  # nothing left behind
+    first = run("--slurm-parallelism", "1")  # one task at a time: the last ten are still pending below
+    assert first.returncode == 0, first.stderr
+    job_id = json.loads(next(out.glob("slurm/*/submission.json")).read_text())["job_id"]
+    resubmitted = None
+    try:
+        subprocess.run(["scancel", f"{job_id}_[20-29]"], check=True, timeout=60)
+        time.sleep(2)
+        again = run()
+        assert again.returncode == 0, again.stderr
+        assert "10 run(s) to submit (not submitted: " in again.stdout and " queued)" in again.stdout, again.stdout
+        resubmitted = again.stdout.split("submitted job ")[1].split(":")[0]
+        keys = json.loads((out / "slurm" / resubmitted / "submission.json").read_text())["keys"]
+        cancelled = json.loads((out / "slurm" / job_id / "submission.json").read_text())["keys"][20:]
+        assert keys == cancelled  # exactly the cancelled tasks' runs
+    finally:
+        subprocess.run(["scancel", job_id, *([resubmitted] if resubmitted else [])], timeout=60)
