@@ -1,5 +1,5 @@
 # catchup-mix in a container. Build from the repository root and run `python -m reproduce` in it:
-#   docker build -t catchup-mix .
+#   docker build --build-arg CATCHUP_MIX_COMMIT=$(git rev-parse HEAD) -t catchup-mix .
 #   docker run --rm catchup-mix                                     # = python -m reproduce list
 #   docker run --rm --gpus all --shm-size 8g -v /path/to/datasets:/data:ro -v "$PWD/out":/work/out \
 #       catchup-mix table1 --scale paper --data-root /data
@@ -39,6 +39,11 @@ RUN PIP_CONSTRAINT=/opt/catchup-mix/constraints.txt pip install --no-cache-dir -
 # The frost photographs of the corruptions (extra `frost`): only the image files of imagecorruptions are read,
 # so it comes without its dependencies (OpenCV, scikit-image).
 RUN pip install --no-cache-dir --no-deps -c constraints.txt 'imagecorruptions==1.1.2'
+
+# The commit the image is built from: .dockerignore leaves .git out, so the build records it and results made in
+# the image name it (without the argument they say "commit unknown"). Last, so a new commit rebuilds no layer above.
+ARG CATCHUP_MIX_COMMIT=""
+ENV CATCHUP_MIX_COMMIT=$CATCHUP_MIX_COMMIT
 
 RUN useradd --create-home --uid 10001 catchup \
  && mkdir -p /data /work/out \

@@ -56,8 +56,8 @@ class SaliencyMix(Method):
       original's `saliency_bbox` hands it over (the normalised float32 image, channels last), then the
       argmax of the map scaled to 0..255 and truncated to uint8 (`(saliencyMap * 255).astype("uint8")`,
       `np.argmax`): `saliency.opencv_fine_grained`. It needs opencv-contrib (`pip install
-      'catchup-mix[saliency]'`; asked for without it, the method refuses to build and names the package)
-      and runs on the CPU (one host-device synchronisation per batch). The paper-scale plan of
+      'catchup-mix[saliency]'`; without it `missing_extras` names the package, and training stops before it
+      starts) and runs on the CPU (one host-device synchronisation per batch). The paper-scale plan of
       `python -m reproduce` sets it, so a run's config and run key say which map it used.
       Caveat, from OpenCV's source (`staticSaliencyFineGrained.cpp`): the detector expects 8-bit images;
       given float32 it reads the bytes of the float buffer as 8-bit pixels (`gray.at<uchar>`), so the
@@ -84,12 +84,18 @@ class SaliencyMix(Method):
             raise ValueError(f"saliencymix: unknown saliency {self.saliency!r}; use one of {', '.join(SALIENCYMIX_MAPS)}")
         self.host_sync = None
         if self.saliency == "opencv_fine_grained":
-            try:
-                saliency.opencv_saliency_module()
-            except ImportError as error:
-                raise ValueError(f"saliencymix: saliency='opencv_fine_grained': {error}; or use "
-                                 "saliency='spectral_residual'") from None
             self.host_sync = "OpenCV's saliency runs on the CPU: one wait per batch"
+
+    @classmethod
+    def missing_extras(cls, options: dict) -> list[str]:
+        if options.get("saliency") != "opencv_fine_grained":
+            return []
+        try:
+            saliency.opencv_saliency_module()
+        except ImportError as error:
+            return [f"saliencymix with saliency='opencv_fine_grained': {error} (or use "
+                    "saliency='spectral_residual')"]
+        return []
 
     def mix(self, inputs, targets, generator, model):
         batch, _, height, width = inputs.shape

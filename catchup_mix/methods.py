@@ -85,6 +85,12 @@ def settable_options(name: str) -> list[str]:
     return [f.name for f in fields(METHODS[name]) if f.init and f.name != "num_hook_points"]
 
 
+def missing_extras(name: str, options: dict) -> list[str]:
+    """Method `name` with `options`: the optional packages it needs that this machine lacks (see
+    Method.missing_extras); [] for a method or option that needs none."""
+    return METHODS[name].missing_extras(options) if name in METHODS else []
+
+
 def build(name: str, **options):
     """Build a registered method; unknown names or options raise ValueError listing the valid ones."""
     if name not in METHODS:
@@ -126,6 +132,12 @@ class Method:
 
     def mix(self, inputs, targets, generator, model) -> MixedBatch:
         raise NotImplementedError
+
+    @classmethod
+    def missing_extras(cls, options: dict) -> list[str]:
+        """What the method with these options needs that is not installed here (an optional package), each
+        with its install command; [] when nothing is missing. Checked before training starts."""
+        return []
 
     def _resolve_layers(self, layers) -> tuple[int, ...]:
         """Turn the `layers` option into a checked tuple; None means every mixing point of the model."""

@@ -16,7 +16,9 @@ REPOSITORY = Path(__file__).resolve().parent.parent
 
 @functools.cache  # asked once per process: the code a long process runs is what it loaded at its start
 def git_state() -> dict:
-    """The commit of the checkout that holds this package and whether it has uncommitted changes."""
+    """The commit of the checkout that holds this package and whether it has uncommitted changes. Without a
+    checkout (the Docker image leaves .git out), the commit the image was built from, which its build records
+    in CATCHUP_MIX_COMMIT (`docker build --build-arg CATCHUP_MIX_COMMIT=$(git rev-parse HEAD) ...`)."""
 
     def git(*args):
         return subprocess.run(
@@ -27,7 +29,8 @@ def git_state() -> dict:
         commit = git("rev-parse", "HEAD")
         dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
     except (OSError, subprocess.SubprocessError):
-        return {"commit": "unknown", "dirty": None}
+        built_from = os.environ.get("CATCHUP_MIX_COMMIT", "").strip()
+        return {"commit": built_from or "unknown", "dirty": None}
     return {"commit": commit, "dirty": dirty}
 
 

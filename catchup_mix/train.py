@@ -144,6 +144,8 @@ def train(config: Config, resume: bool = False, extend: bool = False) -> dict:
     `epochs`, cosine or one-cycle, continues from where it was as if the run had always had the new length).
     """
     config = resolve_runtime(config)  # device and precision as run, recorded in checkpoints and summaries
+    if missing := methods.missing_extras(config.method, config.method_options):  # before any work
+        raise ConfigError("; ".join(missing))
     rank, world_size, device = setup_distributed(config)
     is_main = rank == 0
     run_dir = Path(config.output_dir)

@@ -355,6 +355,12 @@ MEASURE = {"calibration": _measure_calibration, "fgsm": _measure_fgsm, "pgd": _m
            "blocks": _measure_blocks}
 
 
+def stage_of(name: str) -> str:
+    """The stage a conv or BN belongs to, from its module name: "stages.1.0.conv1" -> "stage 2"."""
+    parts = name.split(".")
+    return f"stage {int(parts[1]) + 1}" if parts[0] == "stages" and parts[1].isdigit() else ".".join(parts[:2])
+
+
 def describe_protocol(settings, runs) -> str:
     config = runs[0].config
     if settings.scale in PROTOCOLS:

@@ -10,17 +10,54 @@ HIGHLIGHT = ("vanilla", "cutmix", "catchup_mix", "catchup_mix random", "catchup_
 HOOK_NAMES = {"1": "stem", "2": "stage 1", "3": "stage 2", "4": "stage 3", "5": "stage 4"}
 
 
-def draw(settings, title, types, numbers, stored, plan, hook_points) -> list:
+def draw(settings, title, types, numbers, stored, plan, hook_points, forest) -> list:
     import matplotlib
 
     matplotlib.use("Agg")
     done = [label for label in types if numbers.get(label)]
     if not done:
         return []
-    return (accuracy_curves(settings, title, done, stored) + robustness_curves(settings, title, done, numbers, plan)
+    return (summary_forest(settings, title, forest) + accuracy_curves(settings, title, done, stored) + robustness_curves(settings, title, done, numbers, plan)
             + probe_curves(settings, title, done, stored, hook_points) + reliance_curves(settings, title, done, stored,
                                                                                           hook_points)
             + block_curves(settings, title, done, stored, plan))
+
+
+def summary_forest(settings, title, forest: dict) -> list:
+    """The evidence in one picture: per headline measure, Catch-up Mix minus each other run type, paired by seed,
+    mean and 95% t interval over the seeds; filled where the interval excludes 0 (resolved), hollow where not."""
+    import matplotlib.pyplot as plt
+
+    panels, rows, cells = forest["panels"], forest["rows"], forest["cells"]
+    if not rows:
+        return []
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.3 * len(panels) + 1.2, 0.42 * len(rows) + 2.2),
+                             sharey=True, squeeze=False)
+    positions = list(range(len(rows)))[::-1]  # the first run type at the top
+    for ax, (key, what, sign, _) in zip(axes[0], panels, strict=True):
+        for label, y in zip(rows, positions, strict=True):
+            cell = cells.get((label, key))
+            if cell is None:
+                continue
+            mean, low, high, n = cell
+            resolved = n > 1 and (low > 0 or high < 0)
+            colour = ("tab:green" if sign * mean > 0 else "tab:red") if resolved else "0.35"
+            ax.plot([low, high], [y, y], color=colour, lw=2.2 if resolved else 1.2, solid_capstyle="butt")
+            ax.plot([mean], [y], "o", ms=6, color=colour, mfc=colour if resolved else "white", mew=1.4)
+            ax.annotate(f"n={n}", (high, y), xytext=(4, 0), textcoords="offset points", va="center", fontsize=6.5,
+                        color="0.35")
+        ax.axvline(0, color="black", lw=0.8)
+        ax.set_title(what, fontsize=9)
+        arrow = "better for Catch-up Mix →" if sign > 0 else "← better for Catch-up Mix"
+        ax.set_xlabel(f"Catch-up Mix minus the run type\n{arrow}", fontsize=8)
+        ax.grid(axis="x", alpha=0.3)
+        ax.margins(x=0.18)
+    axes[0][0].set_yticks(positions, rows, fontsize=8)
+    fig.suptitle(report.wrap_title(
+        f"{title}: {forest['reference']} minus each other run type, paired by seed (mean and 95% t interval over the "
+        "seeds both have; filled and coloured where the interval excludes 0: green for Catch-up Mix, red against "
+        "it; hollow grey: not resolved)", fig), fontsize=9.5)
+    return report.save_figure(settings, "evidence_summary", fig, dpi=150)
 
 
 def _style(types: list[str]) -> dict:
@@ -156,8 +193,7 @@ def block_curves(settings, title, types, stored, plan) -> list:
     are dead or under a quarter of their conv's mean norm, and of its BN scales under a tenth of their mean."""
     import matplotlib.pyplot as plt
 
-    from .evidence import Measurement
-    from .evidence_report import stage_of
+    from .evidence import Measurement, stage_of
 
     if "blocks" not in plan:
         return []

@@ -82,12 +82,6 @@ def run_numbers(result: dict, measurement) -> dict:
     return numbers
 
 
-def stage_of(name: str) -> str:
-    """The stage a conv or BN belongs to, from its module name: "stages.1.0.conv1" -> "stage 2"."""
-    parts = name.split(".")
-    return f"stage {int(parts[1]) + 1}" if parts[0] == "stages" and parts[1].isdigit() else ".".join(parts[:2])
-
-
 # Inside the blocks, per stage and over the network ("all"): (key, statistic of the blocks part, scale, what)
 BLOCK_STATISTICS = (
     ("dead", "conv_input_dead", 1, "dead conv-input channels (zero on at least 99% of positions), a count"),
@@ -105,8 +99,8 @@ def block_numbers(blocks: dict) -> dict:
     numbers = {}
     for key, statistic, scale, _ in BLOCK_STATISTICS:
         layers = blocks[statistic]
-        for group in ["all", *dict.fromkeys(stage_of(name) for name in layers)]:
-            members = [name for name in layers if group == "all" or stage_of(name) == group]
+        for group in ["all", *dict.fromkeys(evidence.stage_of(name) for name in layers)]:
+            members = [name for name in layers if group == "all" or evidence.stage_of(name) == group]
             channels = sum(layers[name] * sizes[name] for name in members)  # the channels counted, over the group
             numbers[f"{key} {group}"] = channels if key == "dead" else scale * channels / sum(sizes[n] for n in members)
     return numbers
@@ -213,6 +207,31 @@ SUMMARY_BLOCKS = (  # where the blocks are measured (medium_wd): where lagging f
     ("bn lagging all", "BN scales under 0.1 x their BN's mean (%)", -1, 2, 1),
 )
 SUMMARY_AGAINST = ("vanilla", "cutmix", "catchup_mix random", "catchup_mix high", *evidence.VARIANTS)
+
+
+# The summary figure's panels: (key, what, +1 if higher is better for Catch-up Mix, scale); the blocks' one where
+# the scale measures them
+FOREST = (("last5", f"top-1, mean of the last {LAST_EPOCHS} tested epochs (points)", 1, 1),
+          ("calibration ece", "ECE, 15 bins (points)", -1, 1),
+          ("fgsm 8/255", "FGSM 8/255 top-1 (points)", 1, 1),
+          ("corruptions", "corruption top-1, mean of 15 x 5 (points)", 1, 1),
+          ("gini mean", "Gini of the channel norms,\nmean over the hook points", -1, 1))
+FOREST_BLOCKS = (("dead all", "dead conv-input channels\n(count over the network)", -1, 1),)
+
+
+def forest(types: list[str], numbers: dict, blocks: bool) -> dict:
+    """What the summary figure draws: per panel and run type, Catch-up Mix minus that run type paired by seed,
+    as (mean, low, high, n) of the 95% t interval (low = high = mean for one seed), or None."""
+    panels = [*FOREST, *(FOREST_BLOCKS if blocks else ())]
+    rows = [label for label in types if label != REFERENCE and numbers.get(label)]
+    cells = {}
+    for key, _, _, scale in panels:
+        for label in rows:
+            differences = [scale * d for d in paired_differences(numbers, REFERENCE, label, key)]
+            interval = t_interval(differences)
+            cells[label, key] = ((*interval, len(differences)) if interval else
+                                 (differences[0], differences[0], differences[0], 1) if differences else None)
+    return {"panels": panels, "rows": rows, "cells": cells, "reference": REFERENCE}
 
 
 def summary_table(title: str, types: list[str], numbers: dict, notes: list[str], blocks: bool) -> report.Table:
@@ -346,7 +365,7 @@ def render(settings, results, measurement_unused) -> list:
     from . import evidence_figures
 
     return report.write_table(settings, "evidence", *tables) + evidence_figures.draw(
-        settings, title, types, numbers, stored, plan, hook_points)
+        settings, title, types, numbers, stored, plan, hook_points, forest(types, numbers, "blocks" in plan))
 
 
 # (statistic, label, scale, digits) per hook point

@@ -108,6 +108,14 @@ def execute(run: Run, out: Path, measurement=None, provenance: dict | None = Non
         return json.loads(result_path.read_text())
 
 
+def missing_extras(runs: list[Run]) -> list[str]:
+    """The optional packages the runs' methods need and this machine lacks, each with its install command."""
+    from catchup_mix import methods
+
+    return sorted({need for run in runs
+                   for need in methods.missing_extras(run.config["method"], run.config.get("method_options", {}))})
+
+
 def held_by_another_process(run: Run, out: Path) -> bool:
     """Whether a live process holds the run's folder now (is training it)."""
     if not run.run_dir(out).exists():

@@ -35,7 +35,8 @@ from catchup_mix.checkpoint import write_json
 from catchup_mix.config import ConfigError
 
 from .artifacts import ARTIFACTS, Settings
-from .runner import Run, execute, find_result, held_by_another_process
+from .local import reproduce
+from .runner import Run, execute, find_result, held_by_another_process, missing_extras
 
 INSTALL_HINT = "pip install -e '.[slurm]' -c requirements-lock.txt"
 CLUSTER = "slurm"  # submitit's executor; tests use its "local" one, which runs tasks as local processes
@@ -228,7 +229,6 @@ def measurement_of(run: Run, out: Path):
 def measure_and_render(names: list[str], settings: Settings) -> None:
     """The job after the array: for each artifact whose runs are all done, its measurement and tables, as
     the local launcher makes them; for the others, the tables with the missing runs shown as pending."""
-    from .__main__ import reproduce  # the local launcher's own step; imported here since __main__ imports us
 
     for name in names:
         complete = all(find_result(run, settings.out) is not None for run in ARTIFACTS[name].runs(settings))
@@ -273,6 +273,8 @@ def launch(names: list[str], settings: Settings, options: SlurmOptions, later: s
     label = names[0] if len(names) == 1 else "all"
     queued = queued_elsewhere(settings.out) if CLUSTER == "slurm" and not dry_run else {}
     tasks, skipped, elsewhere = pending_tasks(names, settings, queued)
+    if not dry_run and (lacking := missing_extras([run for runs in tasks for run in runs])):
+        raise ConfigError(f"{'; '.join(lacking)}. Nothing was submitted: install it where the jobs run")
     measured = [name for name in names if ARTIFACTS[name].measure]
     resources = (f"{options.gpus} GPU(s), {options.cpus} CPU(s), "
                  f"{f'{options.mem_gb:g} GB' if options.mem_gb else 'the default memory'}, "

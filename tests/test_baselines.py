@@ -5,6 +5,7 @@ import contextlib
 import dataclasses
 import itertools
 import math
+import re
 import sys
 import types
 from pathlib import Path
@@ -205,14 +206,27 @@ def test_opencv_saliency_is_opencv_fine_grained_map_of_each_image():
         assert np.array_equal(got.numpy(), expected)
 
 
-def test_asking_for_opencv_saliency_without_the_extra_names_the_package(monkeypatch):
+def test_asking_for_opencv_saliency_without_the_extra_names_the_package(monkeypatch, tmp_path, capsys):
+    from catchup_mix.config import ConfigError, make_config
+    from catchup_mix.train import train
+    from reproduce.__main__ import main as reproduce_main
+
+    options = {"saliency": "opencv_fine_grained"}
     monkeypatch.setitem(sys.modules, "cv2", None)  # `import cv2` fails
-    with pytest.raises(ValueError, match=r"pip install 'catchup-mix\[saliency\]'.*spectral_residual"):
-        methods.build("saliencymix", saliency="opencv_fine_grained")
+    (missing,) = methods.missing_extras("saliencymix", options)
+    assert re.search(r"pip install 'catchup-mix\[saliency\]'.*spectral_residual", missing)
+    with pytest.raises(ConfigError, match=r"catchup-mix\[saliency\]"):  # training stops before it starts
+        train(make_config({"method": "saliencymix", "method_options": options, "output_dir": str(tmp_path / "r")}))
+    assert not (tmp_path / "r").exists()
+    # issue 29: a dry run of the paper plan works without the extra and names it per run that needs it
+    assert reproduce_main(["table1", "--scale", "paper", "--dry-run", "--out", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("#   needs an optional package not installed here: saliencymix") == 9  # 3 nets x 3 seeds
+    assert reproduce_main(["table1", "--scale", "paper", "--allow-cpu", "--out", str(tmp_path)]) == 2
+    assert "Nothing was trained; --dry-run lists the runs" in capsys.readouterr().err
     monkeypatch.setitem(sys.modules, "cv2", types.SimpleNamespace(__version__="4.12.0"))  # no contrib modules
-    with pytest.raises(ValueError, match="without its contrib modules"):
-        methods.build("saliencymix", saliency="opencv_fine_grained")
-    assert methods.build("saliencymix").saliency == "spectral_residual"  # the default needs no OpenCV
+    assert "without its contrib modules" in methods.missing_extras("saliencymix", options)[0]
+    assert methods.missing_extras("saliencymix", {}) == []  # the default needs no OpenCV
 
 
 def test_paper_scale_runs_saliencymix_with_the_original_saliency_named_in_the_run_key():

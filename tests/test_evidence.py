@@ -253,3 +253,55 @@ def test_run_types_restrict_what_is_trained_not_what_is_compared(tmp_path, tiny_
     assert reproduce_main(["evidence", "--scale", "smoke", "--out", str(tmp_path), "--run-types", "nosuch"]) == 2
     assert "unknown run type(s) ['nosuch']" in capsys.readouterr().err
     assert reproduce_main(["table1", "--out", str(tmp_path), "--run-types", "vanilla", "--dry-run"]) == 2
+
+
+def test_a_newly_registered_method_trains_alone_and_is_compared_with_the_stored_runs(tmp_path, tiny_evidence, capsys,
+                                                                                     monkeypatch):
+    """Issue 29: paired by seed and found by their config hash, the stored runs need no training again; only the
+    new method's runs train, and the tables gain its row and its paired differences."""
+    import dataclasses
+
+    from catchup_mix import methods
+
+    assert reproduce_main(["evidence", "--scale", "smoke", "--out", str(tmp_path)]) == 0
+    stored = {path: path.stat().st_mtime_ns for path in (tmp_path / "results" / "evidence" / "smoke").glob("*.json")}
+    monkeypatch.setattr(methods, "METHODS", dict(methods.METHODS))
+
+    @methods.register("flip_mix")
+    @dataclasses.dataclass(kw_only=True)
+    class FlipMix(methods.Method):
+        def mix(self, inputs, targets, generator, model):
+            perm = methods.draw_partners(len(inputs), generator)
+            lam = methods.draw_beta(1.0, generator)
+            return methods.MixedBatch(lam * inputs + (1 - lam) * inputs[perm].flip(-1), targets, targets[perm], lam, 0)
+
+    every = {**evidence.run_types(), "flip_mix": ("flip_mix", {})}
+    monkeypatch.setattr(evidence, "run_types", lambda: every)
+    capsys.readouterr()
+    assert reproduce_main(["evidence", "--scale", "smoke", "--out", str(tmp_path), "--run-types", "flip_mix",
+                           "--dry-run"]) == 0
+    printed = capsys.readouterr().out
+    assert "# evidence at smoke scale: 1 runs" in printed and "3 runs of the other run types, 3 of them stored" in printed
+    assert reproduce_main(["evidence", "--scale", "smoke", "--out", str(tmp_path), "--run-types", "flip_mix"]) == 0
+    printed = capsys.readouterr().out
+    assert "run 1 of 1: flip_mix-seed0 (training)" in printed and "4 of 4 runs done" in printed
+    assert {path: path.stat().st_mtime_ns for path in stored} == stored  # the stored runs: untouched
+    markdown = (tmp_path / "tables" / "smoke" / "evidence.md").read_text()
+    assert any(line.startswith("| flip_mix |") for line in markdown.splitlines())
+    assert "| catchup_mix − flip_mix |" in markdown
+
+
+@pytest.mark.parametrize("scale", ["medium", "medium_wd"])
+def test_the_committed_tables_and_summary_figure_are_what_the_committed_results_give(tmp_path, scale):
+    """tables/[scale/]evidence.md is made by script from results/ alone: rendering it again changes no byte, and
+    the summary figure is drawn (the README's findings quote these tables, tests/test_readme.py)."""
+    repository = Path(__file__).resolve().parent.parent
+    stored = repository / "results" / "evidence" / scale
+    if not any(stored.glob("*.json")):
+        pytest.skip(f"no committed {scale} result yet")
+    shutil.copytree(stored, tmp_path / "results" / "evidence" / scale)
+    assert reproduce_main(["evidence", "--scale", scale, "--tables-only", "--out", str(tmp_path)]) == 0
+    folder = "" if scale == "medium" else scale
+    for name in ("evidence.md", "evidence.tex"):
+        assert (tmp_path / "tables" / folder / name).read_text() == (repository / "tables" / folder / name).read_text()
+    assert matplotlib.image.imread(tmp_path / "figures" / folder / "evidence_summary.png")[..., :3].std() > 0.05

@@ -15,8 +15,8 @@ import pytest
 from catchup_mix import methods
 from reproduce import artifacts, report, runner
 from reproduce.__main__ import main as reproduce_main
-from reproduce.__main__ import worker_order
 from reproduce.artifacts import ARTIFACTS, Settings
+from reproduce.local import worker_order
 from reproduce.runner import Run
 
 REPOSITORY = Path(__file__).resolve().parent.parent
@@ -415,3 +415,65 @@ def test_list_counts_the_evidence_runs_from_the_plan_it_runs(capsys):
         runs = len(artifacts.ARTIFACTS["evidence"].plan(artifacts.Settings(scale, list(range(10)), Path("."))))
         row = next(line for line in printed.splitlines() if line.split()[:2] == ["evidence", scale])
         assert row.split()[2] == str(runs) and f"CPU: {runs} runs, about {evidence.MINUTES_PER_RUN} min each" in row
+
+
+def test_outside_a_checkout_the_commit_is_the_one_the_image_was_built_from(tmp_path, monkeypatch):
+    """Issue 29: tables written in the Docker image said "Code: commit unknown" (.dockerignore leaves out .git)."""
+    from catchup_mix import provenance
+
+    monkeypatch.setattr(provenance, "REPOSITORY", tmp_path)  # no .git here
+    provenance.git_state.cache_clear()
+    try:
+        monkeypatch.setenv("CATCHUP_MIX_COMMIT", "0123abcd")
+        assert provenance.git_state() == {"commit": "0123abcd", "dirty": None}
+        provenance.git_state.cache_clear()
+        monkeypatch.delenv("CATCHUP_MIX_COMMIT")
+        assert provenance.git_state()["commit"] == "unknown"
+    finally:
+        provenance.git_state.cache_clear()
+    dockerfile = (Path(__file__).resolve().parent.parent / "Dockerfile").read_text()
+    assert "ENV CATCHUP_MIX_COMMIT=$CATCHUP_MIX_COMMIT" in dockerfile and "--build-arg CATCHUP_MIX_COMMIT=" in dockerfile
+
+
+def test_no_import_runs_back_up_or_in_a_circle():
+    """Issue 29: reproduce/slurm.py imported reproduce/__main__.py, which imports slurm.py. Every import between the
+    project's modules, at the top of a file or inside a function, must form no circle, and catchup_mix (importable
+    alone) never imports reproduce."""
+    import ast
+
+    repository = Path(__file__).resolve().parent.parent
+    modules = {}
+    for path in [*repository.glob("catchup_mix/**/*.py"), *repository.glob("reproduce/*.py")]:
+        parts = path.relative_to(repository).with_suffix("").parts
+        modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    graph = {}
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                base = package.split(".")
+                base = base[:len(base) - node.level + 1] if node.level else []
+                target = ".".join([*base, *(node.module.split(".") if node.module else [])])
+                found |= {f"{target}.{alias.name}" if f"{target}.{alias.name}" in modules else target
+                          for alias in node.names}
+            elif isinstance(node, ast.Import):
+                found |= {alias.name for alias in node.names}
+        graph[name] = {target for target in found if target in modules and target != name}
+    assert not [name for name, targets in graph.items() if name.startswith("catchup_mix")
+                and any(target.startswith("reproduce") for target in targets)]
+    state, circle = {}, []
+
+    def visit(name, path):
+        state[name] = "open"
+        for target in graph[name]:
+            if state.get(target) == "open":
+                circle.append([*path, name, target])
+            elif target not in state:
+                visit(target, [*path, name])
+        state[name] = "done"
+
+    for name in graph:
+        if name not in state:
+            visit(name, [])
+    assert not circle, circle
