@@ -140,7 +140,6 @@ MEASUREMENTS = {
         "filters": dict(images=100, top_fraction=0.1),
         "reliance": dict(images=50, fractions=(0.0, 0.5), draws=2),
         "hessian": dict(images=20, batch=10, iters=3, tol=1e-3, trace_samples=2),
-        "blocks": dict(images=100, top_fraction=0.1),
     },
 }
 # Where filters lag, the same parts and one more: inside the blocks (conv inputs, dead channels, BN scales). The
