@@ -234,15 +234,22 @@ def forest(types: list[str], numbers: dict, blocks: bool) -> dict:
     return {"panels": panels, "rows": rows, "cells": cells, "reference": REFERENCE}
 
 
+# Further pairs the summary shows where the scale has both: does this project's variant beat random channels?
+SUMMARY_PAIRS = (("catchup_mix next_conv_input", "catchup_mix random"),)
+
+
 def summary_table(title: str, types: list[str], numbers: dict, notes: list[str], blocks: bool) -> report.Table:
     """The key comparisons of all three claims in one table: Catch-up Mix minus vanilla, CutMix, its own
-    random- and high-channel ablations and this project's variant, those of them the scale has."""
-    against = [other for other in SUMMARY_AGAINST if other in types]
+    random- and high-channel ablations and this project's variant, those of them the scale has; then the variant
+    minus random channels where both were run."""
+    pairs = [(REFERENCE, other) for other in SUMMARY_AGAINST if other in types]
+    pairs += [(a, b) for a, b in SUMMARY_PAIRS if a in types and b in types]
     rows = [[what, "higher" if sign > 0 else "lower",
-             *(paired_cell(paired_differences(numbers, REFERENCE, other, key), digits, scale) for other in against)]
+             *(paired_cell(paired_differences(numbers, a, b, key), digits, scale) for a, b in pairs)]
             for key, what, sign, digits, scale in (*SUMMARY, *(SUMMARY_BLOCKS if blocks else ()))]
-    return report.Table(title, notes, ["Catch-up Mix minus ... (95% t interval)", "Better if",
-                                       *(f"vs {other}" for other in against)], [("", rows)])
+    columns = [f"vs {b}" if a == REFERENCE else f"{a} minus {b}" for a, b in pairs]
+    return report.Table(title, notes, ["Catch-up Mix minus ... (95% t interval)", "Better if", *columns],
+                        [("", rows)])
 
 
 def claim_tables(title: str, types: list[str], numbers: dict, columns: list[tuple], better: str,
