@@ -108,7 +108,7 @@ def test_a_failed_measurement_keeps_the_weights_and_the_next_call_measures_only_
     result = json.loads(run.result_path(tmp_path).read_text())
     assert (run.run_dir(tmp_path) / "checkpoints" / "last.pt").is_file()  # the training is not lost
     measurement = evidence.Measurement(settings)
-    assert measurement.missing(result) == ["ood", "filters", "reliance", "hessian"]  # the parts before it are kept
+    assert measurement.missing(result) == ["ood", "filters", "reliance", "hessian", "blocks"]  # those before: kept
 
     monkeypatch.undo()
     monkeypatch.setattr(artifacts, "SMOKE_TRAINING", TINY_TRAINING)
@@ -126,7 +126,7 @@ def test_a_failed_measurement_keeps_the_weights_and_the_next_call_measures_only_
 
     monkeypatch.setattr(catchup_mix.train, "train", lambda *a, **k: pytest.fail("a trained run was trained again"))
     again = runner.execute(run, tmp_path, evidence.Measurement(settings))
-    assert done == {"ood": 1, "filters": 1, "reliance": 1, "hessian": 1} and measurement.missing(again) == []
+    assert done == {"ood": 1, "filters": 1, "reliance": 1, "hessian": 1, "blocks": 1} and measurement.missing(again) == []
 
 
 def test_a_result_without_its_run_folder_is_retrained_to_be_measured_and_says_so(tmp_path, tiny_evidence, capsys):

@@ -148,10 +148,13 @@ def test_list_shows_every_artifact_with_runs_and_hours(capsys):
     assert reproduce_main(["list"]) == 0
     lines = capsys.readouterr().out.splitlines()
     for name in ARTIFACTS:
-        row = next(line for line in lines if line.startswith(name + " "))
-        scales, runs, hours = row.split()[1:4]
-        assert scales.split("/") == list(ARTIFACTS[name].scales)
-        assert int(runs) >= 0 and (hours == "CPU" if "paper" not in scales else float(hours) > 0)
+        rows = [line.split() for line in lines if line.startswith(name + " ")]
+        paper = [row for row in rows if "paper" in row[1]]
+        if "paper" in ARTIFACTS[name].scales:  # one row at paper scale, with its scales, runs and GPU hours
+            (row,) = paper
+            assert row[1].split("/") == list(ARTIFACTS[name].scales) and int(row[2]) >= 0 and float(row[3]) > 0
+        cpu = [row[1] for row in rows if row[3] == "CPU"]  # one row per CPU scale (the evidence's)
+        assert cpu == [scale for scale in ARTIFACTS[name].scales if scale in ("medium", "medium_wd")]
     table1 = next(line for line in lines if line.startswith("table1 ")).split()
     assert int(table1[2]) == 3 * 3 * len(methods.available())
     assert reproduce_main(["list", "--names"]) == 0
@@ -187,7 +190,7 @@ def test_smoke_artifact_end_to_end_writes_tables_and_figure_from_its_results(tmp
 
 
 def test_the_process_that_finishes_last_renders_the_runs_another_process_trained(tmp_path, tiny_smoke, monkeypatch):
-    import reproduce.__main__ as cli
+    import reproduce.local as cli
 
     real_execute = runner.execute
     held_by_the_other = []
@@ -208,11 +211,14 @@ def test_the_process_that_finishes_last_renders_the_runs_another_process_trained
 
 
 def test_tables_only_renders_missing_runs_as_pending(tmp_path, tiny_smoke):
+    first = ARTIFACTS["table2"].runs(Settings("smoke", [0], tmp_path))[0]
+    runner.execute(first, tmp_path)
+    runs_before = sorted((tmp_path / "runs").rglob("*"))
     assert reproduce_main(["table2", "--scale", "smoke", "--out", str(tmp_path), "--tables-only"]) == 0
     markdown = (tmp_path / "tables" / "smoke" / "table2.md").read_text()
-    assert f"Runs done: 0 of {len(methods.available())}" in markdown
+    assert f"Runs done: 1 of {len(methods.available())}" in markdown and first.labels["method"] != "catchup_mix"
     assert "| catchup_mix | — | — | — | 0 |" in markdown
-    assert not (tmp_path / "runs").exists()
+    assert sorted((tmp_path / "runs").rglob("*")) == runs_before  # nothing trained
 
 
 def test_provenance_names_the_seeds_done_and_those_planned():
@@ -336,7 +342,7 @@ def test_workers_take_every_run_once_each_its_own_share_first_then_the_others_fr
 
 
 def test_a_started_worker_trains_in_its_own_order_and_renders_nothing(tmp_path, tiny_smoke, monkeypatch):
-    import reproduce.__main__ as cli
+    import reproduce.local as cli
 
     trained = []
     monkeypatch.setattr(cli, "execute", lambda run, out: trained.append(run.labels["method"]))
