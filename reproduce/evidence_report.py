@@ -207,6 +207,8 @@ SUMMARY_BLOCKS = (  # where the blocks are measured (medium_wd): where lagging f
     ("bn lagging all", "BN scales under 0.1 x their BN's mean (%)", -1, 2, 1),
 )
 SUMMARY_AGAINST = ("vanilla", "cutmix", "catchup_mix random", "catchup_mix high", *evidence.VARIANTS)
+# Further pairs the summary shows where the scale has both: does this project's variant beat random channels?
+SUMMARY_PAIRS = (("catchup_mix next_conv_input", "catchup_mix random"),)
 
 
 # The summary figure's panels: (key, what, +1 if higher is better for Catch-up Mix, scale); the blocks' one where
@@ -233,9 +235,6 @@ def forest(types: list[str], numbers: dict, blocks: bool) -> dict:
                                  (differences[0], differences[0], differences[0], 1) if differences else None)
     return {"panels": panels, "rows": rows, "cells": cells, "reference": REFERENCE}
 
-
-# Further pairs the summary shows where the scale has both: does this project's variant beat random channels?
-SUMMARY_PAIRS = (("catchup_mix next_conv_input", "catchup_mix random"),)
 
 
 def summary_table(title: str, types: list[str], numbers: dict, notes: list[str], blocks: bool) -> report.Table:
