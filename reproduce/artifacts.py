@@ -350,8 +350,8 @@ ARTIFACTS = {
                  "table1's PreActResNet-18 runs (every method)", plan_table1_preactresnet18, robustness.render,
                  measure=robustness.measure, paper_gpu_hours=measured_only(0.2)),
         Artifact("evidence", "the paper's three claims at CPU scale (accuracy, robustness, the filter mechanism): "
-                 "Catch-up Mix vs its random/high-channel ablations and the baselines, paired seeds, each run "
-                 "measured after training, real CIFAR-10 (CPU hours)",
+                 "Catch-up Mix vs vanilla, its channel-selection ablations and (smoke, medium) the baselines, "
+                 "paired seeds, each run measured after training, real CIFAR-10 (CPU hours)",
                  plan_evidence, evidence_report.render, measure_each_run=evidence.Measurement,
                  scales=("smoke", "medium", "medium_wd")),
         Artifact("figure_filters", "channel-norm distribution, Gini, top-10% share and lagging channels per layer "
