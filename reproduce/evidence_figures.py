@@ -34,6 +34,11 @@ def summary_forest(settings, title, forest: dict) -> list:
     fig, axes = plt.subplots(1, len(panels), figsize=(3.3 * len(panels) + 1.2, 0.42 * len(rows) + 2.2),
                              sharey=True, squeeze=False)
     positions = list(range(len(rows)))[::-1]  # the first run type at the top
+    # A row's usual number of paired seeds goes into its label; a cell says its own only where it has fewer or more.
+    row_n = {}
+    for label in rows:
+        counts = [cells[label, key][3] for key, *_ in panels if (label, key) in cells]
+        row_n[label] = max(set(counts), key=counts.count) if counts else None
     for ax, (key, what, sign, _) in zip(axes[0], panels, strict=True):
         for label, y in zip(rows, positions, strict=True):
             cell = cells.get((label, key))
@@ -44,15 +49,17 @@ def summary_forest(settings, title, forest: dict) -> list:
             colour = ("tab:green" if sign * mean > 0 else "tab:red") if resolved else "0.35"
             ax.plot([low, high], [y, y], color=colour, lw=2.2 if resolved else 1.2, solid_capstyle="butt")
             ax.plot([mean], [y], "o", ms=6, color=colour, mfc=colour if resolved else "white", mew=1.4)
-            ax.annotate(f"n={n}", (high, y), xytext=(4, 0), textcoords="offset points", va="center", fontsize=6.5,
-                        color="0.35")
+            if n != row_n[label]:
+                ax.annotate(f"n={n}", (high, y), xytext=(4, 0), textcoords="offset points", va="center",
+                            fontsize=6.5, color="0.35")
         ax.axvline(0, color="black", lw=0.8)
         ax.set_title(what, fontsize=9)
         arrow = "better for Catch-up Mix →" if sign > 0 else "← better for Catch-up Mix"
         ax.set_xlabel(f"Catch-up Mix minus the run type\n{arrow}", fontsize=8)
         ax.grid(axis="x", alpha=0.3)
         ax.margins(x=0.18)
-    axes[0][0].set_yticks(positions, rows, fontsize=8)
+    axes[0][0].set_yticks(positions, [label if row_n[label] is None else f"{label}\n(n={row_n[label]} seeds)"
+                                      for label in rows], fontsize=8)
     fig.suptitle(report.wrap_title(
         f"{title}: {forest['reference']} minus each other run type, paired by seed (mean and 95% t interval over the "
         "seeds both have; filled and coloured where the interval excludes 0: green for Catch-up Mix, red against "
