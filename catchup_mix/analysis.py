@@ -53,6 +53,7 @@ Where the network looks:
 import contextlib
 import dataclasses
 import functools
+import inspect
 import math
 import statistics
 import time
@@ -231,6 +232,11 @@ def observe_activations(model: torch.nn.Module, batches: Batches, conv_inputs: b
         sums["zeros", name] = sums["zeros", name] + (flat == 0).sum((0, 2))
         positions[name] += flat.shape[0] * flat.shape[2]
 
+    # The conv inputs need no hook points: a CNN of any make can be measured there (its hook_norms stay empty).
+    takes_hook = "feature_hook" in inspect.signature(model.forward).parameters
+    if not takes_hook and not conv_inputs:
+        raise TypeError(f"{type(model).__name__}.forward takes no feature_hook, so it has no hook points to "
+                        "measure: wrap it in catchup_mix.models.FeatureHookAdapter")
     batch: list[torch.Tensor | None] = [None]  # the inputs in flight, to tell the network's input apart
     handles = [module.register_forward_pre_hook(functools.partial(observe_conv, name))
                for name, module in model.named_modules() if conv_inputs and isinstance(module, torch.nn.Conv2d)]
@@ -240,7 +246,7 @@ def observe_activations(model: torch.nn.Module, batches: Batches, conv_inputs: b
             for inputs, _ in _pairs(batches, model):
                 batch[0] = inputs
                 seen.clear()
-                model(inputs, feature_hook=observe)
+                model(inputs, feature_hook=observe) if takes_hook else model(inputs)
                 count += len(inputs)
     finally:
         for handle in handles:
