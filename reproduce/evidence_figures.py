@@ -37,7 +37,7 @@ def summary_forest(settings, title, forest: dict) -> list:
     # A row's usual number of paired seeds goes into its label; a cell says its own only where it has fewer or more.
     row_n = {}
     for label in rows:
-        counts = [cells[label, key][3] for key, *_ in panels if (label, key) in cells]
+        counts = [cell[3] for key, *_ in panels if (cell := cells.get((label, key))) is not None]
         row_n[label] = max(set(counts), key=counts.count) if counts else None
     for ax, (key, what, sign, _) in zip(axes[0], panels, strict=True):
         for label, y in zip(rows, positions, strict=True):
