@@ -188,15 +188,13 @@ def test_conv_inputs_of_every_network_and_of_an_adapted_one():
     adapted = models.adapt_torchvision_resnet(torchvision.models.resnet18(num_classes=5))
     dead = analysis.dead_channels(adapted, [torch.randn(2, 3, 64, 64)])
     assert "model.layer1.0.conv1" in dead and dead["model.layer1.0.conv1"].shape == (64,)
-    # a plain torchvision ResNet (no feature_hook) has conv inputs all the same, but no hook points to measure
-    plain = torchvision.models.resnet18(num_classes=5)
-    plain.load_state_dict(adapted.model.state_dict())
-    plain_dead = analysis.dead_channels(plain, [torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))])
-    adapted_dead = analysis.dead_channels(adapted, [torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))])
+    # the plain torchvision ResNet inside (no feature_hook) has the same conv inputs, but no hook points to measure
+    plain, images = adapted.model, [torch.randn(2, 3, 64, 64)]
+    plain_dead, adapted_dead = analysis.dead_channels(plain, images), analysis.dead_channels(adapted, images)
     assert list(plain_dead) == [name.removeprefix("model.") for name in adapted_dead]
     assert all(torch.equal(plain_dead[name.removeprefix("model.")], zeros) for name, zeros in adapted_dead.items())
     with pytest.raises(TypeError, match="FeatureHookAdapter"):
-        analysis.channel_norms(plain, [torch.randn(2, 3, 64, 64)])
+        analysis.channel_norms(plain, images)
 
 
 def test_bottom_share_is_the_weakest_fraction_of_the_total():
