@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from catchup_mix import analysis, corruptions, data, methods, robustness
 
+from . import report
 from .runner import Run
 
 MEDIUM_TRAINING = dict(
@@ -367,5 +368,5 @@ def describe_protocol(settings, runs) -> str:
                 f"{config['train_per_class']} training images per class, the full 10,000-image test set, "
                 f"PreActResNet-18 width {config['width']}, {config['epochs']} epochs, "
                 f"weight decay {config['weight_decay']:g}")
-    return (f"{config['dataset']} data, {config['num_classes']} classes, PreActResNet-18 width {config['width']}, "
+    return (f"{report.data_title(config)}, {config['num_classes']} classes, PreActResNet-18 width {config['width']}, "
             f"{config['epochs']} epochs")

@@ -51,10 +51,6 @@ SETUP = {
 }
 # figure_lagging's runs: the probe on this many fixed test images (at most 2% of an epoch, see README).
 PROBE_IMAGES = {"smoke": 25, "paper": 500}
-DATASET_TITLES = {**report.DATASET_TITLES, "cifar100": "CIFAR-100", "cifar10": "CIFAR-10",
-                  "tiny_imagenet": "Tiny-ImageNet", "imagefolder": "image-folder"}
-
-
 # ---------------------------------------------------------------------------------------------------
 # Shared pieces
 
@@ -100,10 +96,10 @@ def _hook_name(k) -> str:
 def _scope(settings, config: dict) -> str:
     """What was trained: scale, network, data, protocol; for every figure title and table."""
     model = report.MODEL_TITLES.get(config["model"], config["model"])
-    dataset = DATASET_TITLES.get(config["dataset"], config["dataset"])
     if settings.scale == "smoke":
-        return (f"smoke scale, not paper numbers: {model} at width {config['width']} on {dataset} data "
+        return (f"smoke scale, not paper numbers: {model} at width {config['width']} on {report.data_title(config)} "
                 f"({config['num_classes']} classes), {config['epochs']} epochs")
+    dataset = report.DATASET_TITLES.get(config["dataset"], config["dataset"])
     return f"paper scale: {model} on {dataset}, {config['epochs']} epochs"
 
 

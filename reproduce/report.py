@@ -24,7 +24,8 @@ MODEL_TITLES = {
     "torchvision_resnet18": "ResNet-18 (torchvision)",
     "torchvision_resnet50": "ResNet-50 (torchvision)",
 }
-DATASET_TITLES = {"cub200": "CUB-200-2011", "stanford_cars": "Stanford Cars", "fgvc_aircraft": "FGVC-Aircraft",
+DATASET_TITLES = {"cifar100": "CIFAR-100", "cifar10": "CIFAR-10", "tiny_imagenet": "Tiny-ImageNet",
+                  "cub200": "CUB-200-2011", "stanford_cars": "Stanford Cars", "fgvc_aircraft": "FGVC-Aircraft",
                   "synthetic": "synthetic"}
 
 SMOKE_WARNING = (
@@ -34,6 +35,14 @@ SMOKE_WARNING = (
     "methods differently from the paper. Read no verdict on the method here: this project's longer, "
     "multi-seed comparison on real data is `tables/evidence.md` (`python -m reproduce evidence --scale medium`)."
 )
+
+
+def data_title(config: dict) -> str:
+    """The data a run used, as a reader knows it: the dataset's name, or the image folder's own name (a smoke
+    run with --data-root reads any folder of class subfolders)."""
+    if config["dataset"] == "imagefolder":
+        return f"the images in {Path(config['data_root']).name}"
+    return f"{DATASET_TITLES.get(config['dataset'], config['dataset'])} data"
 
 
 def fgvc_title(section: str) -> str:
@@ -111,7 +120,7 @@ def scaled_title(settings, title: str, runs_and_results: list) -> str:
     if settings.scale != "smoke" or not runs_and_results:
         return title
     config = runs_and_results[0][0].config
-    return f"{title} [smoke scale on {config['dataset']} data, {config['num_classes']} classes: not paper numbers]"
+    return f"{title} [smoke scale on {data_title(config)}, {config['num_classes']} classes: not paper numbers]"
 
 
 def chance_level(runs_and_results: list) -> float | None:

@@ -166,6 +166,15 @@ def test_paper_scale_refuses_to_start_on_a_cpu(capsys):
     assert "--allow-cpu" in capsys.readouterr().err
 
 
+def test_smoke_titles_name_the_data_as_a_reader_knows_it():
+    """A smoke run on a real image folder says which folder, never the loader's name `imagefolder`."""
+    settings = Settings("smoke", [0], Path("out"), data_root="/somewhere/cifar10-jpeg/")
+    runs = ARTIFACTS["table1"].plan(settings)
+    title = report.scaled_title(settings, "CIFAR-100 top-1", [(runs[0], None)])
+    assert title == "CIFAR-100 top-1 [smoke scale on the images in cifar10-jpeg, 5 classes: not paper numbers]"
+    assert report.data_title({"dataset": "tiny_imagenet"}) == "Tiny-ImageNet data"
+
+
 def test_smoke_artifact_end_to_end_writes_tables_and_figure_from_its_results(tmp_path, tiny_smoke):
     assert reproduce_main(["table2", "--scale", "smoke", "--out", str(tmp_path), "--seeds", "0", "1"]) == 0
     results = [json.loads(p.read_text()) for p in (tmp_path / "results" / "table2" / "smoke").glob("*.json")]
