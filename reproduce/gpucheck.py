@@ -28,13 +28,15 @@ import tarfile
 import tempfile
 import time
 import xml.etree.ElementTree as ElementTree
-from pathlib import Path
+from collections import defaultdict
+from pathlib import Path, PurePosixPath
 
 import torch
 
 from catchup_mix import benchmark, data, provenance
 from catchup_mix.checkpoint import atomic_write, check_writable, write_json
 from catchup_mix.config import make_config
+from catchup_mix.data.files import natural_key
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 ARCHIVE = "cifar10-jpeg.tar.gz"
@@ -76,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     part("tests", run_tests)
     part("benchmark", time_methods, device, scale, args.skip_compile)
     part("data_path", compare_data_paths, device, scale)
-    part("cifar10", train_on_cifar10, device, scale, find_cifar10(args.data_root))
+    part("cifar10", train_on_cifar10, device, scale, args.data_root)
     report["seconds"]["total"] = round(time.perf_counter() - started, 1)
     report["verdicts"] = verdicts(report)
     paths = write_report(report, args.out, device)
@@ -193,31 +195,48 @@ def _synchronize(device):
 # 4. Three epochs on real CIFAR-10
 
 
-def find_cifar10(data_root: str | None) -> Path | None:
-    """The unpacked cifar10-jpeg folder: in data_root, or unpacked from an archive there or in ../shared/data."""
+def find_cifar10(data_root: str | None, unpack_into: Path, per_class: int | None) -> tuple[Path, str] | None:
+    """The cifar10-jpeg folder and where it came from: in data_root (default ../shared/data, then .carry), or
+    unpacked into unpack_into from the archive found there. With per_class set, only the images the run reads
+    are unpacked (the whole copy is 60,000 files)."""
     places = [Path(data_root)] if data_root else [REPOSITORY.parent / "shared" / "data", REPOSITORY / ".carry"]
     for place in places:
         if (place / "cifar10-jpeg" / "train").is_dir():
-            return place / "cifar10-jpeg"
+            return place / "cifar10-jpeg", str(place / "cifar10-jpeg")
         if place.name == "cifar10-jpeg" and (place / "train").is_dir():
-            return place
+            return place, str(place)
         archive = place / ARCHIVE if place.is_dir() else place
         if archive.is_file() and archive.name.endswith(".tar.gz"):
-            target = Path(tempfile.mkdtemp(prefix="gpucheck-cifar10-"))
             with tarfile.open(archive) as tar:
-                tar.extractall(target, filter="data")
-            return next(target.rglob("cifar10-jpeg"))
+                tar.extractall(unpack_into, members=first_per_folder(tar.getmembers(), per_class), filter="data")
+            subset = "all images" if per_class is None else f"the first {per_class} images of each class"
+            return next(unpack_into.rglob("cifar10-jpeg")), f"{archive} (unpacked: {subset})"
     return None
 
 
-def train_on_cifar10(device, scale, root: Path | None) -> dict:
+def first_per_folder(members: list[tarfile.TarInfo], per_class: int | None) -> list[tarfile.TarInfo]:
+    """The files the image-folder loader keeps with train_per_class = test_per_class = per_class: the first
+    per_class of each folder in its (natural) order. All of them when per_class is None."""
+    if per_class is None:
+        return members
+    by_folder = defaultdict(list)
+    for member in members:
+        if member.isfile():
+            by_folder[PurePosixPath(member.name).parent].append(member)
+    return [member for files in by_folder.values()
+            for member in sorted(files, key=lambda member: natural_key(member.name))[:per_class]]
+
+
+def train_on_cifar10(device, scale, data_root: str | None) -> dict:
     from catchup_mix.train import train
 
-    if root is None:
-        return {"skipped": "no CIFAR-10 copy found (pass --data-root DIR holding cifar10-jpeg/ or "
-                           f"{ARCHIVE})"}
     runs = {}
-    with tempfile.TemporaryDirectory() as folder:
+    with tempfile.TemporaryDirectory() as folder:  # an unpacked copy and the runs go when the part ends
+        found = find_cifar10(data_root, Path(folder) / "data", scale["cifar_per_class"])
+        if found is None:
+            return {"skipped": "no CIFAR-10 copy found (pass --data-root DIR holding cifar10-jpeg/ or "
+                               f"{ARCHIVE})"}
+        root, source = found
         for method in ("vanilla", "catchup_mix"):
             # the Co-Mixup protocol's optimisation, at full width, on the 50,000 CIFAR-10 training images
             config = make_config(dict(
@@ -232,7 +251,7 @@ def train_on_cifar10(device, scale, root: Path | None) -> dict:
                                                                        "eval_time_s", "test_top1", "train_loss")}
                                        for row in rows],
                             "last_top1": summary["last_top1"], "precision": summary["config"]["precision"]}
-    return {"data_root": str(root), "runs": runs}
+    return {"data_root": source, "runs": runs}
 
 
 # ---------------------------------------------------------------------------------------------------

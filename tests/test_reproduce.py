@@ -327,6 +327,46 @@ def test_gpucheck_verdicts_judge_targets_only_at_full_size():
     assert "not meaningful at --tiny: 2 warm-up rounds" in tiny[2]
 
 
+def test_gpucheck_unpacks_only_the_images_its_run_reads_and_leaves_nothing_behind(tmp_path, monkeypatch):
+    import tarfile
+    import tempfile
+
+    import numpy
+    import PIL.Image
+    import torch
+
+    from catchup_mix import data
+    from reproduce import gpucheck
+
+    tree = tmp_path / "tree" / "cifar10-jpeg"
+    noise = numpy.random.default_rng(0)
+    for split in ("train", "test"):
+        for name in ("cat", "dog"):
+            (tree / split / name).mkdir(parents=True)
+            for index in range(1, 12):  # natural order puts 2.jpg before 10.jpg; a plain sort would not
+                image = noise.integers(0, 256, (32, 32, 3), dtype=numpy.uint8)
+                PIL.Image.fromarray(image).save(tree / split / name / f"{index}.jpg")
+    shelf = tmp_path / "shelf"
+    shelf.mkdir()
+    with tarfile.open(shelf / gpucheck.ARCHIVE, "w:gz") as tar:
+        tar.add(tree, arcname="cifar10-jpeg")
+
+    root, source = gpucheck.find_cifar10(str(shelf), tmp_path / "unpacked", per_class=3)
+    assert sorted(str(p.relative_to(root)) for p in root.rglob("*.jpg")) == sorted(
+        f"{split}/{name}/{index}.jpg" for split in ("train", "test") for name in ("cat", "dog") for index in (1, 2, 3))
+    assert source == f"{shelf / gpucheck.ARCHIVE} (unpacked: the first 3 images of each class)"
+    partial, whole = (data.load("imagefolder", folder, train_per_class=3, test_per_class=3) for folder in (root, tree))
+    assert torch.equal(partial.train.images, whole.train.images) and torch.equal(partial.test.images, whole.test.images)
+
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    scale = {**gpucheck._scale(tiny=True), "width": 4, "batch_size": 2, "cifar_per_class": 3}
+    result = gpucheck.train_on_cifar10(torch.device("cpu"), scale, str(shelf))
+    assert set(result["runs"]) == {"vanilla", "catchup_mix"} and "unpacked" in result["data_root"]
+    assert list(scratch.iterdir()) == []  # the unpacked copy and the runs' folders are gone
+
+
 def test_smoke_scale_gives_the_costly_baselines_their_cheaper_options_and_paper_scale_the_defaults():
     smoke = {run.labels["method"]: run.config["method_options"] for run in
              artifacts.plan_table1(Settings("smoke", [0], Path(".")))}

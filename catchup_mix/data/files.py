@@ -43,7 +43,7 @@ def _check_num_classes(num_classes: int | None, available_classes: int, name: st
     return num_classes
 
 
-def _natural_key(path) -> list:
+def natural_key(path) -> list:
     # "img_10" after "img_9", so the "first n" images of a class are the ones a person would expect
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", Path(path).name)]
 
@@ -52,7 +52,7 @@ _IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp"}
 
 
 def _image_files(folder: Path) -> list[Path]:
-    return sorted((p for p in folder.iterdir() if p.suffix.lower() in _IMAGE_EXTENSIONS), key=_natural_key)
+    return sorted((p for p in folder.iterdir() if p.suffix.lower() in _IMAGE_EXTENSIONS), key=natural_key)
 
 
 def _decode(paths: list[Path], short_side: int | None = None, desc: str = "decoding") -> ImageSplit:
@@ -272,7 +272,7 @@ def load_tiny_imagenet(root: Path, download, num_classes, train_per_class, test_
     empty = sorted(set(wnids[:num_classes]) - {wnids[label] for label in val.values()})
     if empty:
         raise missing(f"no val images annotated for {len(empty)} classes, e.g. {empty[0]}")
-    val_names = sorted(val, key=_natural_key)
+    val_names = sorted(val, key=natural_key)
 
     return Dataset(
         "tiny_imagenet",
